@@ -1,0 +1,5 @@
+import sys
+
+from vvflow.cli import main
+
+sys.exit(main())

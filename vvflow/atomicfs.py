@@ -1,0 +1,172 @@
+"""Filesystem primitives: a rename that never overwrites, atomic writes, directory fsync.
+
+Linux's rename(2) silently replaces an existing destination. renameat2 with
+RENAME_NOREPLACE refuses instead, atomically; where the filesystem lacks it (NFS,
+some FUSE mounts) we fall back to link(2) + unlink(2). A crash between those two
+leaves the file under both names; an intent record written before the link lets
+`repair_moves` finish the move later.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import json
+import os
+import uuid
+from pathlib import Path
+
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+_renameat2 = getattr(_libc, "renameat2", None)
+if _renameat2 is not None:
+    _renameat2.argtypes = [
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint,
+    ]
+    _renameat2.restype = ctypes.c_int
+
+#: Set VVFLOW_RENAME=link to force the link + unlink fallback (for filesystems whose
+#: renameat2 misbehaves, and to exercise the fallback in tests).
+FORCE_LINK = os.environ.get("VVFLOW_RENAME", "") == "link"
+
+_UNSUPPORTED = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP}
+INTENT_SUFFIX = ".move"
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename in `path` durable. Filesystems that cannot fsync a folder are tolerated."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.EROFS, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _renameat2_noreplace(src: Path, dst: Path) -> bool:
+    """True when done; False when this filesystem does not support it."""
+    if _renameat2 is None or FORCE_LINK:
+        return False
+    rc = _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in _UNSUPPORTED:
+        return False
+    raise OSError(err, os.strerror(err), str(src), None, str(dst))
+
+
+def rename_noreplace(src: Path, dst: Path, *, journal: Path) -> None:
+    """Rename `src` to `dst` on one filesystem; raise FileExistsError if `dst` exists.
+
+    `journal` is a folder on the same filesystem where the link fallback records its
+    intent, so that a crash between link and unlink can be repaired by `repair_moves`.
+    """
+    if not _renameat2_noreplace(src, dst):
+        _link_move(src, dst, journal)
+    fsync_dir(dst.parent)
+    if src.parent != dst.parent:
+        fsync_dir(src.parent)
+
+
+def _link_move(src: Path, dst: Path, journal: Path) -> None:
+    journal.mkdir(parents=True, exist_ok=True)
+    intent = journal / f"{uuid.uuid4().hex}{INTENT_SUFFIX}"
+    record = {"src": os.fsencode(src).hex(), "dst": os.fsencode(dst).hex()}
+    write_atomic(intent, json.dumps(record).encode(), tmp_dir=journal)
+    try:
+        os.link(src, dst, follow_symlinks=False)
+        fsync_dir(dst.parent)
+        try:
+            os.unlink(src)
+        except FileNotFoundError:
+            # Another mover linked the same source and unlinked it first: it won, so
+            # take our name back and report the source as gone, as rename would.
+            os.unlink(dst)
+            raise
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(intent)
+
+
+def _finish_move(src: Path, dst: Path) -> bool:
+    """Complete an interrupted link + unlink move; True when a repair was needed."""
+    try:
+        s, d = os.lstat(src), os.lstat(dst)
+    except FileNotFoundError:
+        return False
+    if (s.st_dev, s.st_ino) == (d.st_dev, d.st_ino):
+        os.unlink(src)
+        fsync_dir(src.parent)
+        return True
+    return False
+
+
+def repair_moves(journal: Path) -> list[tuple[Path, Path]]:
+    """Finish every move recorded in `journal` whose writer died between link and unlink.
+
+    Only call this for the journal of an instance known to be dead (or one's own, at
+    start): a live writer's intent is in use.
+    """
+    repaired: list[tuple[Path, Path]] = []
+    try:
+        intents = sorted(journal.iterdir())
+    except FileNotFoundError:
+        return repaired
+    for intent in intents:
+        if intent.name.endswith(INTENT_SUFFIX):
+            try:
+                record = json.loads(intent.read_bytes())
+                src = Path(os.fsdecode(bytes.fromhex(record["src"])))
+                dst = Path(os.fsdecode(bytes.fromhex(record["dst"])))
+            except (ValueError, KeyError, TypeError, FileNotFoundError):
+                # A half-written intent: the write crashed before the link happened.
+                pass
+            else:
+                if _finish_move(src, dst):
+                    repaired.append((src, dst))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(intent)
+    return repaired
+
+
+def write_atomic(path: Path, data: bytes, *, tmp_dir: Path | None = None) -> None:
+    """Write `data` to `path` so that readers see the old file or the whole new one.
+
+    The temporary file lives in `tmp_dir` (same filesystem) when given, so that a crash
+    leaves debris only in a folder that recovery cleans, else beside `path`.
+    """
+    folder = tmp_dir if tmp_dir is not None else path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{uuid.uuid4().hex}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)

@@ -1,0 +1,263 @@
+"""Configuration: defaults < vvflow.toml < environment < command-line flags.
+
+Unknown keys are errors, at the top and inside a stage, so a typo never passes
+silently. Every error becomes one `ConfigError` line naming the field.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import string
+import sys
+import tomllib
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from vvflow.errors import ConfigError
+
+ROOT_ENV = "VIDEO_STORAGE_ROOT"
+CONFIG_ENV = "VVFLOW_CONFIG"
+CONFIG_NAME = "vvflow.toml"
+DEFAULT_ROOT = Path("storage")
+
+#: Placeholders a stage may use besides the names of earlier stages.
+PLACEHOLDERS = ("video", "name", "stem", "root", "output")
+#: Placeholders an output path may use.
+OUTPUT_PLACEHOLDERS = ("name", "stem")
+
+DEFAULT_EXTENSIONS = (
+    ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".wmv", ".flv", ".mpg", ".mpeg",
+    ".ts", ".mts", ".m2ts", ".mxf", ".3gp", ".ogv",
+)  # fmt: skip
+
+_STAGE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def template_fields(template: str) -> list[str]:
+    """The placeholder names in a `str.format` template; raise ValueError on bad syntax."""
+    fields = []
+    for _, field, spec, conversion in string.Formatter().parse(template):
+        if field is None:
+            continue
+        if spec or conversion:
+            raise ValueError(f"placeholder {{{field}}} may not have a format spec or conversion")
+        if not field.isidentifier():
+            raise ValueError(f"{{{field}}} is not a placeholder name")
+        fields.append(field)
+    return fields
+
+
+class StageConfig(BaseModel):
+    """One `[[stages]]` table."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    command: list[str] = Field(min_length=1)
+    output: str
+    timeout_seconds: float = Field(default=1800.0, gt=0)
+    attempts: int = Field(default=3, ge=1, le=100)
+    backoff_seconds: float = Field(default=2.0, ge=0)
+    backoff_max_seconds: float = Field(default=60.0, ge=0)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _STAGE_NAME.match(value):
+            raise ValueError("must be lowercase letters, digits and _ and start with a letter")
+        if value in PLACEHOLDERS:
+            raise ValueError(f"{value!r} is a placeholder name; choose another stage name")
+        return value
+
+    @field_validator("output")
+    @classmethod
+    def _output(cls, value: str) -> str:
+        fields = template_fields(value)
+        unknown = sorted(set(fields) - set(OUTPUT_PLACEHOLDERS))
+        if unknown:
+            raise ValueError(f"unknown placeholder {{{unknown[0]}}} (use {{stem}} or {{name}})")
+        if not fields:
+            raise ValueError("must contain {stem} or {name}, else every video writes one file")
+        path = PurePosixPath(value)
+        if path.is_absolute() or ".." in path.parts or value.endswith("/"):
+            raise ValueError("must be a file path relative to the storage root, without '..'")
+        if path.parts[0] == "input":
+            raise ValueError("must not be inside input/, which holds the videos")
+        return value
+
+    @model_validator(mode="after")
+    def _backoff(self) -> StageConfig:
+        if self.backoff_max_seconds < self.backoff_seconds:
+            raise ValueError("backoff_max_seconds must be >= backoff_seconds")
+        return self
+
+
+def builtin_stages() -> list[StageConfig]:
+    """The pipeline that runs when no `[[stages]]` are configured: vvflow's own stages."""
+    vvflow = [sys.executable, "-m", "vvflow", "stage"]
+    return [
+        StageConfig(
+            name="scan",
+            command=[*vvflow, "scan", "{video}", "{output}"],
+            output="analytic/{stem}.analytic.json",
+        ),
+        StageConfig(
+            name="summarize",
+            command=[*vvflow, "summarize", "{scan}", "{output}"],
+            output="summaries/{stem}.summary.json",
+        ),
+        StageConfig(
+            name="logline",
+            command=[*vvflow, "logline", "{summarize}", "{output}"],
+            output="loglines/{stem}.logline.json",
+        ),
+    ]
+
+
+class Settings(BaseSettings):
+    """Every setting of vvflow; see DESIGN.md, section Configuration."""
+
+    model_config = SettingsConfigDict(env_prefix="VVFLOW_", extra="forbid", frozen=True)
+
+    #: Set by `load_settings` before construction: which TOML file to read.
+    _toml_file: ClassVar[Path | None] = None
+
+    root: Path = DEFAULT_ROOT
+    stable_seconds: float = Field(default=2.0, ge=0)
+    rescan_seconds: float = Field(default=30.0, gt=0)
+    workers: int = Field(default=2, ge=1, le=256)
+    extensions: Annotated[tuple[str, ...], NoDecode] = DEFAULT_EXTENSIONS
+    observer: Literal["auto", "inotify", "polling"] = "auto"
+    lease_seconds: float = Field(default=60.0, ge=1)
+    shutdown_grace_seconds: float = Field(default=20.0, ge=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    stages: list[StageConfig] = Field(default_factory=builtin_stages)
+
+    @field_validator("extensions", mode="before")
+    @classmethod
+    def _split_extensions(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part for part in re.split(r"[,\s]+", value) if part]
+        return value
+
+    @field_validator("extensions")
+    @classmethod
+    def _extensions(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        normalized = []
+        for ext in value:
+            e = ext.strip().lower()
+            e = e if e.startswith(".") else "." + e
+            if len(e) < 2 or "/" in e or e.count(".") != 1:
+                raise ValueError(f"{ext!r} is not a file extension like '.mp4'")
+            normalized.append(e)
+        if not normalized:
+            raise ValueError("needs at least one extension")
+        return tuple(dict.fromkeys(normalized))
+
+    @field_validator("stages")
+    @classmethod
+    def _stages(cls, value: list[StageConfig]) -> list[StageConfig]:
+        if not value:
+            raise ValueError("needs at least one stage (omit [[stages]] for the built-in ones)")
+        seen: list[str] = []
+        outputs: set[str] = set()
+        for stage in value:
+            if stage.name in seen:
+                raise ValueError(f"stage name {stage.name!r} is used twice")
+            allowed = set(PLACEHOLDERS) | set(seen)
+            for arg in stage.command:
+                for field in template_fields(arg):
+                    if field not in allowed:
+                        later = " (a later stage)" if field in {s.name for s in value} else ""
+                        raise ValueError(
+                            f"stage {stage.name!r}: unknown placeholder {{{field}}}{later} "
+                            f"in command; known: {', '.join(sorted(allowed))}"
+                        )
+            if stage.output in outputs:
+                raise ValueError(f"stage {stage.name!r}: output {stage.output!r} is used twice")
+            outputs.add(stage.output)
+            seen.append(stage.name)
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if cls._toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls._toml_file))
+        return tuple(sources)
+
+
+def resolve_root(flag: str | None) -> Path:
+    """`--root`, else $VIDEO_STORAGE_ROOT, else ./storage; always absolute."""
+    raw = flag or os.environ.get(ROOT_ENV) or str(DEFAULT_ROOT)
+    return Path(os.path.abspath(raw))
+
+
+def resolve_config_file(flag: str | None, root: Path) -> tuple[Path | None, bool]:
+    """The TOML file to read and whether it was asked for explicitly (then it must exist)."""
+    explicit = flag or os.environ.get(CONFIG_ENV)
+    if explicit:
+        return Path(explicit), True
+    default = root / CONFIG_NAME
+    return (default if default.exists() else None), False
+
+
+def _describe(exc: ValidationError, origin: str) -> str:
+    errors = exc.errors()
+    first = errors[0]
+    loc = ".".join(str(part) for part in first["loc"]) or "config"
+    message = str(first["msg"]).removeprefix("Value error, ")
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"invalid configuration: {loc}: {message}{more} [{origin}]"
+
+
+def load_settings(
+    *, root_flag: str | None = None, config_flag: str | None = None, **flags: Any
+) -> Settings:
+    """Build the settings from every source; raise ConfigError with one clear line."""
+    root = resolve_root(root_flag)
+    toml_file, explicit = resolve_config_file(config_flag, root)
+    if toml_file is not None:
+        if explicit and not toml_file.is_file():
+            raise ConfigError(f"configuration file not found: {toml_file}")
+        try:
+            with toml_file.open("rb") as fh:
+                data = tomllib.load(fh)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"invalid TOML in {toml_file}: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read {toml_file}: {exc.strerror}") from None
+        if "root" in data:
+            raise ConfigError(
+                f"invalid configuration: root: set the storage root with --root or "
+                f"${ROOT_ENV}, not in {toml_file.name}"
+            )
+    origin = f"defaults < {toml_file or 'no config file'} < VVFLOW_* environment < flags"
+    init = {key: value for key, value in flags.items() if value is not None}
+    init["root"] = root
+    Settings._toml_file = toml_file
+    try:
+        return Settings(**init)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, origin)) from None
+    except ValueError as exc:  # pydantic-settings' own parse errors (bad JSON in env)
+        raise ConfigError(f"invalid configuration: {exc}") from None
+    finally:
+        Settings._toml_file = None

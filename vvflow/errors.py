@@ -1,0 +1,49 @@
+"""The exception tree of vvflow: one base, a short tree, a line each."""
+
+from __future__ import annotations
+
+
+class VvflowError(Exception):
+    """Base class of every error vvflow raises on purpose."""
+
+
+class ConfigError(VvflowError):
+    """The configuration (file, environment or flags) is invalid."""
+
+
+class LayoutError(VvflowError):
+    """The storage root cannot be used as it is (missing, split across mounts, unwritable)."""
+
+
+class LeaseLost(VvflowError):
+    """This instance's claim was taken over by another instance; it must not write."""
+
+
+class StageError(VvflowError):
+    """A stage failed; `retryable` says whether another attempt may help."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class AttemptFailed(StageError):
+    """One attempt of a stage failed in a way another attempt may fix."""
+
+
+class BadInput(StageError):
+    """The stage said the input is bad (exit 65): no retry."""
+
+    retryable = False
+
+
+class StageUnusable(StageError):
+    """The stage cannot be started at all (command not found, not executable): no retry."""
+
+    retryable = False
+
+
+class Cancelled(VvflowError):
+    """Work was interrupted by a shutdown request; the video goes back to pending."""

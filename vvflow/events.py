@@ -1,0 +1,29 @@
+"""The names of every lifecycle event: one vocabulary for logs and reports."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Event(StrEnum):
+    STARTED = "started"
+    STOPPED = "stopped"
+    RECOVERED = "recovered"
+    MOVE_REPAIRED = "move_repaired"
+    IGNORED = "ignored"
+    SEEN = "seen"
+    UNSTABLE = "unstable"
+    CLAIMED = "claimed"
+    CLAIM_LOST = "claim_lost"
+    STAGE_SKIPPED = "stage_skipped"
+    STAGE_STARTED = "stage_started"
+    STAGE_SUCCEEDED = "stage_succeeded"
+    STAGE_FAILED = "stage_failed"
+    RETRYING = "retrying"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    RELEASED = "released"
+    RETRIED = "retried"
+    LEASE_LOST = "lease_lost"
+    ORPHAN_KILLED = "orphan_killed"
+    REPORT_UNWRITABLE = "report_unwritable"

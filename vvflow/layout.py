@@ -1,0 +1,324 @@
+"""The storage root's folders, and the only code that moves videos between them.
+
+Every state change is one no-overwrite rename on one filesystem. The folder a video
+sits in is its state; reports only say why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import stat
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from vvflow import atomicfs, instance, report
+from vvflow.errors import LayoutError
+
+#: Names that are never candidates, whatever their extension: partial downloads and
+#: editor or copy-tool temporaries.
+TEMP_SUFFIXES = (".part", ".tmp", ".crdownload", ".partial", "~")
+WORK = ".work"
+MOVES = ".moves"
+_NAME_MAX = 255
+
+
+class State(StrEnum):
+    PENDING = "pending"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+#: Output folders of the built-in pipeline, created with the layout.
+OUTPUT_DIRS = ("analytic", "summaries", "loglines", "reports")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A file in pending/ that may be claimed once it is stable."""
+
+    name: str
+    identity: report.Identity
+    mtime: float
+
+
+@dataclass(frozen=True)
+class Ignored:
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A video this instance holds in `processing/<instance>/`."""
+
+    path: Path
+    name: str
+    original_name: str
+    identity: report.Identity
+
+    @property
+    def stem(self) -> str:
+        return split_name(self.name)[0]
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """('clip.final', '.mp4') for 'clip.final.mp4'."""
+    stem, ext = os.path.splitext(name)
+    return (stem, ext) if stem else (name, "")
+
+
+def name_reason(name: str, extensions: Iterable[str]) -> str | None:
+    """Why a file name is not a candidate, or None when it may be one."""
+    lower = name.lower()
+    if name.startswith("."):
+        return "hidden name"
+    if lower.endswith(TEMP_SUFFIXES):
+        return "temporary name (a copy in progress?)"
+    ext = split_name(name)[1].lower()
+    if ext not in set(extensions):
+        return f"not a video extension ({ext or 'none'})"
+    return None
+
+
+def _fit(name: str, stem: str, suffix: str, ext: str) -> str:
+    """`<stem><suffix><ext>` shortened to fit NAME_MAX bytes, keeping suffix and extension."""
+    tail = os.fsencode(suffix + ext)
+    head = os.fsencode(stem)
+    if len(head) + len(tail) <= _NAME_MAX:
+        return stem + suffix + ext
+    return head[: _NAME_MAX - len(tail)].decode("utf-8", "ignore") + suffix + ext
+
+
+class Layout:
+    """The folders under one storage root."""
+
+    def __init__(self, root: Path, extensions: Iterable[str]) -> None:
+        self.root = root
+        self.extensions = tuple(extensions)
+        self.input = root / "input"
+        self.pending = self.input / State.PENDING
+        self.processing = self.input / State.PROCESSING
+        self.completed = self.input / State.COMPLETED
+        self.failed = self.input / State.FAILED
+        self.reports = root / "reports"
+
+    def folder(self, state: State) -> Path:
+        return self.input / state
+
+    def ensure(self, extra: Iterable[Path] = ()) -> None:
+        """Create every folder, then refuse a root split across filesystems."""
+        try:
+            for state in State:
+                self.folder(state).mkdir(parents=True, exist_ok=True)
+            for name in OUTPUT_DIRS:
+                (self.root / name).mkdir(parents=True, exist_ok=True)
+            for path in extra:
+                path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LayoutError(f"cannot create {exc.filename}: {exc.strerror}") from None
+        self.check_one_filesystem(extra)
+
+    def check_one_filesystem(self, extra: Iterable[Path] = ()) -> None:
+        base = self.input.stat().st_dev
+        folders = [self.folder(s) for s in State] + [self.root / n for n in OUTPUT_DIRS]
+        for path in [*folders, *extra]:
+            if path.stat().st_dev != base:
+                raise LayoutError(
+                    f"{path} is on a different filesystem than {self.input}: every folder of "
+                    "the storage root must be on one filesystem, because each state change "
+                    "is a rename and a rename cannot cross filesystems"
+                )
+
+    # -- what is where -------------------------------------------------------------
+
+    def scan_pending(self) -> tuple[list[Candidate], list[Ignored]]:
+        """The candidates at the top of pending/ and the entries ignored, with reasons.
+
+        Symlinks are judged by the link itself and never followed.
+        """
+        candidates: list[Candidate] = []
+        ignored: list[Ignored] = []
+        try:
+            entries = list(os.scandir(self.pending))
+        except FileNotFoundError:
+            return candidates, ignored
+        for entry in entries:
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            reason = self.entry_reason(entry.name, st)
+            if reason is None:
+                candidates.append(Candidate(entry.name, report.Identity.of(st), st.st_mtime))
+            else:
+                ignored.append(Ignored(entry.name, reason))
+        return candidates, ignored
+
+    def entry_reason(self, name: str, st: os.stat_result) -> str | None:
+        if stat.S_ISLNK(st.st_mode):
+            return "symlink (never followed; move the file itself into pending/)"
+        if stat.S_ISDIR(st.st_mode):
+            return "folder (only files at the top of pending/ are videos)"
+        if not stat.S_ISREG(st.st_mode):
+            return "not a regular file (fifo, socket or device)"
+        reason = name_reason(name, self.extensions)
+        if reason is None and st.st_size == 0:
+            return "zero-byte file (waiting for its content)"
+        return reason
+
+    def instance_folders(self) -> list[Path]:
+        try:
+            return sorted(p for p in self.processing.iterdir() if p.is_dir() and not p.is_symlink())
+        except FileNotFoundError:
+            return []
+
+    def claims_in(self, folder: Path) -> list[Path]:
+        """Everything at the top of an instance folder except its own hidden bookkeeping."""
+        try:
+            return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+        except FileNotFoundError:
+            return []
+
+    def files_in(self, state: State) -> Iterator[str]:
+        """Names of the videos filed under completed/ or failed/."""
+        try:
+            with os.scandir(self.folder(state)) as it:
+                for entry in it:
+                    if not entry.name.startswith("."):
+                        yield entry.name
+        except FileNotFoundError:
+            return
+
+    def report_path(self, name: str) -> Path:
+        return report.report_path(self.reports, name)
+
+    # -- names ---------------------------------------------------------------------
+
+    def _ext_variants(self, ext: str) -> set[str]:
+        variants = {ext}
+        for e in self.extensions:
+            variants.update((e, e.upper()))
+        return variants
+
+    def stem_taken(self, stem: str, ext: str, identity: report.Identity) -> bool:
+        """Whether another video already owns `stem` (and so its output paths)."""
+        variants = self._ext_variants(ext)
+        folders = [self.completed, self.failed, *self.instance_folders()]
+        for folder in folders:
+            for variant in variants:
+                if os.path.lexists(folder / f"{stem}{variant}"):
+                    return True
+        for variant in variants:
+            previous = report.load(self.report_path(f"{stem}{variant}"))
+            if previous is not None and previous.identity != identity:
+                return True
+        return False
+
+    def free_name(self, name: str, identity: report.Identity) -> str:
+        """`name`, or `<stem>-N<ext>` with the first N whose stem no other video owns."""
+        stem, ext = split_name(name)
+        candidate = _fit(name, stem, "", ext)
+        number = 1
+        while self.stem_taken(split_name(candidate)[0], ext, identity):
+            number += 1
+            candidate = _fit(name, stem, f"-{number}", ext)
+        return candidate
+
+    def _free_in(self, folder: Path, name: str) -> str:
+        stem, ext = split_name(name)
+        candidate, number = name, 1
+        while os.path.lexists(folder / candidate):
+            number += 1
+            candidate = _fit(name, stem, f"-{number}", ext)
+        return candidate
+
+    # -- moves ---------------------------------------------------------------------
+
+    def _move(self, src: Path, folder: Path, name: str, journal: Path) -> Path:
+        """Rename `src` into `folder`, as `name` or, if taken there, a free variant of it."""
+        while True:
+            dst = folder / self._free_in(folder, name)
+            try:
+                atomicfs.rename_noreplace(src, dst, journal=journal)
+            except FileExistsError:
+                continue  # lost a race for that name; take the next
+            return dst
+
+    def claim(self, candidate: Candidate, lease_folder: Path) -> Claim | None:
+        """Rename a stable candidate into `lease_folder`; None when it changed or another
+        instance claimed it first. The rename is the lock."""
+        src = self.pending / candidate.name
+        journal = lease_folder / MOVES
+        try:
+            st = os.lstat(src)
+        except FileNotFoundError:
+            return None
+        if not stat.S_ISREG(st.st_mode) or report.Identity.of(st) != candidate.identity:
+            return None
+        while True:
+            name = self.free_name(candidate.name, candidate.identity)
+            dst = lease_folder / name
+            try:
+                atomicfs.rename_noreplace(src, dst, journal=journal)
+            except FileNotFoundError:
+                return None
+            except FileExistsError:
+                continue
+            break
+        after = os.lstat(dst)
+        if not stat.S_ISREG(after.st_mode) or not atomicfs.same_file(after, st):
+            # Something was swapped in between the check and the rename (a symlink, a
+            # new file): put it back untouched and let the next scan judge it.
+            self._move(dst, self.pending, candidate.name, journal)
+            return None
+        return Claim(dst, name, candidate.name, report.Identity.of(after))
+
+    def finish(self, claim: Claim, state: State, lease_folder: Path) -> Path:
+        """File a claimed video under completed/, failed/ or back in pending/."""
+        return self._move(claim.path, self.folder(state), claim.name, lease_folder / MOVES)
+
+    def retry(self, name: str, journal: Path) -> Path:
+        """Move a failed video back to pending/."""
+        return self._move(self.failed / name, self.pending, name, journal)
+
+    # -- recovery ------------------------------------------------------------------
+
+    def recover(self, folder: Path, journal: Path) -> tuple[list[Path], int]:
+        """Take back every claim of a dead instance's folder: finish its interrupted
+        moves, stop stage processes it left running on this host, return its videos to
+        pending/ and delete its temporary files. Returns the videos returned and the
+        number of moves repaired."""
+        # Deleting the heartbeat first tells a paused owner that wakes up that its
+        # lease is gone: it must not write anything from now on.
+        with contextlib.suppress(FileNotFoundError):
+            (folder / instance.HEARTBEAT).unlink()
+        repaired = atomicfs.repair_moves(folder / MOVES)
+        owner = instance.InstanceId.parse(folder.name)
+        if owner is not None and owner.is_local():
+            self._kill_orphans(folder / WORK)
+        returned = []
+        for path in self.claims_in(folder):
+            with contextlib.suppress(FileNotFoundError):
+                returned.append(self._move(path, self.pending, path.name, journal))
+        shutil.rmtree(folder / WORK, ignore_errors=True)
+        shutil.rmtree(folder / MOVES, ignore_errors=True)
+        for leftover in folder.glob(".*"):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+        atomicfs.fsync_dir(self.processing)
+        return returned, len(repaired)
+
+    def _kill_orphans(self, work: Path) -> None:
+        for pidfile in work.glob(f"*/{instance.STAGE_PID}"):
+            try:
+                pid, start = (int(x) for x in pidfile.read_text().split())
+            except (OSError, ValueError):
+                continue
+            instance.kill_orphan(pid, start)

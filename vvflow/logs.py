@@ -1,0 +1,42 @@
+"""Structured logging: one JSON object per line on stderr."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+from vvflow.events import Event
+
+logger = logging.getLogger("vvflow")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "event": record.getMessage(),
+        }
+        line.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+def setup(level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    logger.handlers[:] = [handler]
+    logger.setLevel(level.upper())
+    logger.propagate = False
+
+
+def event(name: Event, /, *, level: int = logging.INFO, **fields: Any) -> None:
+    """Log one lifecycle event with its fields (video, stage, duration_s, ...)."""
+    if "duration_s" in fields and isinstance(fields["duration_s"], float):
+        fields["duration_s"] = round(fields["duration_s"], 3)
+    logger.log(level, str(name), extra={"fields": fields})

@@ -1,0 +1,430 @@
+"""Runs a claimed video through the configured stages.
+
+Each stage is a subprocess started from an argv list (never a shell), in its own
+process group, under a timeout that kills the whole group, with bounded retries. It
+writes a temporary `{output}`; only after exit 0 with a non-empty regular file is
+that renamed to the final output, so an output is whole or absent. The pipeline
+knows nothing of the state folders: it gets a video path, a workspace and a report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import selectors
+import signal
+import stat
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from vvflow import logs
+from vvflow.atomicfs import fsync_dir
+from vvflow.config import StageConfig
+from vvflow.errors import (
+    AttemptFailed,
+    BadInput,
+    Cancelled,
+    StageError,
+    StageUnusable,
+)
+from vvflow.events import Event
+from vvflow.instance import STAGE_PID, process_start
+from vvflow.report import Attempt, AttemptOutcome, Report, StageStatus, now_iso
+
+EX_DATAERR = 65
+TAIL_BYTES = 8192
+REPORT_TAIL_CHARS = 2000
+#: How long a stage's leftover children may hold its pipes open after it exits.
+PIPE_LINGER_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class Job:
+    """One claimed video, as the stages see it."""
+
+    video: Path
+    name: str
+    stem: str
+    root: Path
+    workspace: Path
+
+
+@dataclass
+class _Run:
+    exit_code: int | None = None
+    timed_out: bool = False
+    cancelled: bool = False
+    stdout: bytes = b""
+    stderr: bytes = b""
+
+
+def _tail_text(data: bytes, limit: int = REPORT_TAIL_CHARS) -> str:
+    return data.decode("utf-8", "replace")[-limit:]
+
+
+def _last_line(data: bytes) -> str:
+    lines = [ln.strip() for ln in _tail_text(data).splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else ""
+
+
+def _signal_name(code: int) -> str:
+    try:
+        return signal.Signals(-code).name
+    except ValueError:
+        return f"signal {-code}"
+
+
+def _kill_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def stop_group(proc: subprocess.Popen[bytes], grace: float) -> None:
+    """Stop a stage politely, then firmly: SIGTERM to its group, wait, SIGKILL."""
+    _kill_group(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace)
+    _kill_group(proc.pid, signal.SIGKILL)
+
+
+class Pipeline:
+    """The ordered stages, and how to run one video through them."""
+
+    def __init__(
+        self,
+        stages: list[StageConfig],
+        root: Path,
+        *,
+        kill_grace_seconds: float = 2.0,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.stages = stages
+        self.root = root
+        self.kill_grace_seconds = kill_grace_seconds
+        self.extra_env = extra_env or {}
+
+    def output_path(self, stage: StageConfig, name: str, stem: str) -> Path:
+        return self.root / stage.output.format_map({"name": name, "stem": stem})
+
+    def output_paths(self, name: str, stem: str) -> dict[str, Path]:
+        return {s.name: self.output_path(s, name, stem) for s in self.stages}
+
+    def run(
+        self,
+        job: Job,
+        report: Report,
+        *,
+        save: Callable[[], None],
+        guard: Callable[[], None],
+        cancel: threading.Event,
+    ) -> None:
+        """Run every stage not already done for this very file.
+
+        Raises StageError when a stage gives up, Cancelled on shutdown, and whatever
+        `guard` raises (LeaseLost) when the claim was taken over.
+        """
+        outputs: dict[str, Path] = {}
+        for stage in self.stages:
+            final = self.output_path(stage, job.name, job.stem)
+            record = report.stage(stage.name)
+            if (
+                record.status == StageStatus.SUCCEEDED
+                and record.identity == report.identity
+                and _nonempty_file(final)
+            ):
+                logs.event(Event.STAGE_SKIPPED, video=job.name, stage=stage.name, reason="done")
+                outputs[stage.name] = final
+                continue
+            record.status = StageStatus.RUNNING
+            record.error = None
+            save()
+            started = time.monotonic()
+            try:
+                tmp = self._run_stage(stage, job, report, outputs, cancel, save)
+                guard()
+                _publish(tmp, final)
+            except StageError as exc:
+                record.status = StageStatus.FAILED
+                record.error = str(exc)
+                record.duration_s = round(time.monotonic() - started, 3)
+                report.failed_stage = stage.name
+                report.error = f"{stage.name}: {exc}"
+                save()
+                logs.event(
+                    Event.STAGE_FAILED,
+                    level=logging.WARNING,
+                    video=job.name,
+                    stage=stage.name,
+                    attempts=len(record.attempts),
+                    duration_s=time.monotonic() - started,
+                    error=str(exc),
+                )
+                raise
+            record.status = StageStatus.SUCCEEDED
+            record.output = os.path.relpath(final, self.root)
+            record.identity = report.identity
+            record.duration_s = round(time.monotonic() - started, 3)
+            save()
+            logs.event(
+                Event.STAGE_SUCCEEDED,
+                video=job.name,
+                stage=stage.name,
+                attempts=len(record.attempts),
+                duration_s=time.monotonic() - started,
+                output=record.output,
+            )
+            outputs[stage.name] = final
+
+    def _run_stage(
+        self,
+        stage: StageConfig,
+        job: Job,
+        report: Report,
+        outputs: dict[str, Path],
+        cancel: threading.Event,
+        save: Callable[[], None],
+    ) -> Path:
+        tmp = job.workspace / self.output_path(stage, job.name, job.stem).name
+        values = {
+            "video": str(job.video),
+            "name": job.name,
+            "stem": job.stem,
+            "root": str(self.root),
+            "output": str(tmp),
+            **{name: str(path) for name, path in outputs.items()},
+        }
+        first_attempt = len(report.stage(stage.name).attempts) + 1
+
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            wait = state.next_action.sleep if state.next_action else 0.0
+            logs.event(
+                Event.RETRYING,
+                video=job.name,
+                stage=stage.name,
+                attempt=state.attempt_number,
+                wait_s=round(wait, 3),
+                error=str(exc),
+            )
+
+        retrying = Retrying(
+            stop=stop_after_attempt(stage.attempts),
+            wait=wait_exponential_jitter(
+                initial=stage.backoff_seconds,
+                max=stage.backoff_max_seconds,
+                jitter=stage.backoff_seconds,
+            ),
+            retry=retry_if_exception(lambda e: isinstance(e, StageError) and e.retryable),
+            reraise=True,
+            sleep=_interruptible(cancel),
+            before_sleep=before_sleep,
+        )
+        for attempt in retrying:
+            with attempt:
+                number = first_attempt + attempt.retry_state.attempt_number - 1
+                self._attempt(stage, job, report, values, tmp, number, cancel, save)
+        return tmp
+
+    def _attempt(
+        self,
+        stage: StageConfig,
+        job: Job,
+        report: Report,
+        values: dict[str, str],
+        tmp: Path,
+        number: int,
+        cancel: threading.Event,
+        save: Callable[[], None],
+    ) -> None:
+        if cancel.is_set():
+            raise Cancelled("shutdown requested")
+        record = report.stage(stage.name)
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        argv = [arg.format_map(values) for arg in stage.command]
+        env = dict(os.environ)
+        env.update(self.extra_env)
+        env.update(
+            {
+                f"VVFLOW_{key.upper()}": value
+                for key, value in values.items()
+                if key in ("video", "name", "stem", "root", "output")
+            }
+        )
+        env.update(
+            {
+                f"VVFLOW_STAGE_{key.upper()}": value
+                for key, value in values.items()
+                if key not in ("video", "name", "stem", "root", "output")
+            }
+        )
+        started_at, started = now_iso(), time.monotonic()
+        logs.event(Event.STAGE_STARTED, video=job.name, stage=stage.name, attempt=number)
+
+        def finish(outcome: AttemptOutcome, exit_code: int | None, error: str | None) -> None:
+            record.attempts.append(
+                Attempt(
+                    number=number,
+                    started_at=started_at,
+                    duration_s=round(time.monotonic() - started, 3),
+                    outcome=outcome,
+                    exit_code=exit_code,
+                    error=error,
+                )
+            )
+            save()
+
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=job.workspace,
+                env=env,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            message = f"cannot start {argv[0]!r}: {exc.strerror}"
+            finish("unusable", None, message)
+            raise StageUnusable(message) from None
+        pidfile = job.workspace / STAGE_PID
+        with contextlib.suppress(OSError):
+            pidfile.write_text(f"{proc.pid} {process_start(proc.pid) or 0}\n")
+        try:
+            run = self._wait(proc, stage.timeout_seconds, cancel)
+        finally:
+            with contextlib.suppress(OSError):
+                pidfile.unlink()
+        record.stdout_tail = _tail_text(run.stdout)
+        record.stderr_tail = _tail_text(run.stderr)
+        detail = _last_line(run.stderr) or _last_line(run.stdout)
+        suffix = f": {detail}" if detail else ""
+        if run.cancelled:
+            finish("cancelled", run.exit_code, "stopped by shutdown")
+            raise Cancelled("shutdown requested")
+        if run.timed_out:
+            message = f"timed out after {stage.timeout_seconds:g}s; process group killed"
+            finish("timeout", run.exit_code, message)
+            raise AttemptFailed(message)
+        code = run.exit_code
+        assert code is not None
+        if code == EX_DATAERR:
+            message = f"bad input (exit 65){suffix}"
+            finish("bad_input", code, message)
+            raise BadInput(message, exit_code=code)
+        if code != 0:
+            why = f"killed by {_signal_name(code)}" if code < 0 else f"exit {code}"
+            finish("failed", code, why + suffix)
+            raise AttemptFailed(why + suffix, exit_code=code)
+        if not _nonempty_file(tmp):
+            message = "exit 0 but no output: {output} is missing, empty or not a regular file"
+            finish("no_output", code, message)
+            raise AttemptFailed(message, exit_code=code)
+        finish("succeeded", code, None)
+
+    def _wait(self, proc: subprocess.Popen[bytes], timeout: float, cancel: threading.Event) -> _Run:
+        """Wait for the stage, keeping only the tails of its output (memory stays bounded
+        whatever it prints), until it exits, times out or a shutdown cancels it."""
+        run = _Run()
+        tails: dict[int, bytearray] = {}
+        sel = selectors.DefaultSelector()
+        streams: list[IO[bytes]] = [s for s in (proc.stdout, proc.stderr) if s is not None]
+        out_fd = proc.stdout.fileno() if proc.stdout is not None else -1
+        err_fd = proc.stderr.fileno() if proc.stderr is not None else -1
+        for stream in streams:
+            os.set_blocking(stream.fileno(), False)
+            sel.register(stream, selectors.EVENT_READ)
+            tails[stream.fileno()] = bytearray()
+        deadline = time.monotonic() + timeout
+        exited_at: float | None = None
+        try:
+            while True:
+                now = time.monotonic()
+                if cancel.is_set():
+                    run.cancelled = True
+                    stop_group(proc, self.kill_grace_seconds)
+                    break
+                if now >= deadline:
+                    run.timed_out = True
+                    stop_group(proc, self.kill_grace_seconds)
+                    break
+                if proc.poll() is not None:
+                    exited_at = exited_at or now
+                    if not sel.get_map() or now - exited_at > PIPE_LINGER_SECONDS:
+                        break
+                step = min(deadline - now, 0.2)
+                if sel.get_map():
+                    for key, _ in sel.select(step):
+                        fd = key.fd
+                        try:
+                            chunk = os.read(fd, 65536)
+                        except BlockingIOError:
+                            continue
+                        if not chunk:
+                            sel.unregister(key.fileobj)
+                            continue
+                        tail = tails[fd]
+                        tail += chunk
+                        del tail[:-TAIL_BYTES]
+                else:
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        proc.wait(timeout=step)
+        finally:
+            # Whatever the stage left behind in its group (a daemon it forked, a child
+            # still writing) is stopped with it.
+            _kill_group(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+            sel.close()
+            for stream in streams:
+                stream.close()
+        run.exit_code = proc.returncode
+        run.stdout = bytes(tails.get(out_fd, b""))
+        run.stderr = bytes(tails.get(err_fd, b""))
+        return run
+
+
+def _interruptible(cancel: threading.Event) -> Callable[[float], None]:
+    """A sleep for the retry backoff that a shutdown cuts short."""
+
+    def sleep(seconds: float) -> None:
+        cancel.wait(seconds)
+
+    return sleep
+
+
+def _nonempty_file(path: Path) -> bool:
+    """A regular file (not a symlink a stage planted) with content."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_size > 0
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Make a stage's finished temporary output its final output, whole, in one rename.
+
+    The final path belongs to this video alone (its stem is unique among all videos),
+    so replacing it is a rerun of the same video, never another video's result."""
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, final)
+    except OSError as exc:
+        raise AttemptFailed(f"cannot publish output {final}: {exc.strerror}") from None
+    fsync_dir(final.parent)

@@ -1,0 +1,113 @@
+"""Per-video run reports: `reports/<name>.json`, written atomically."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from enum import StrEnum
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from vvflow.atomicfs import write_atomic
+
+SCHEMA_VERSION = 1
+_NAME_MAX = 255
+
+
+class StageStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+AttemptOutcome = Literal[
+    "succeeded", "failed", "timeout", "bad_input", "no_output", "unusable", "cancelled"
+]
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class Identity(BaseModel):
+    """What makes a file this very file: it survives renames, not replacement."""
+
+    model_config = ConfigDict(frozen=True)
+
+    size: int
+    mtime_ns: int
+    inode: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> Identity:
+        return cls(size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino)
+
+
+class Attempt(BaseModel):
+    number: int
+    started_at: str
+    duration_s: float
+    outcome: AttemptOutcome
+    exit_code: int | None = None
+    error: str | None = None
+
+
+class StageRecord(BaseModel):
+    status: StageStatus = StageStatus.PENDING
+    attempts: list[Attempt] = Field(default_factory=list)
+    output: str | None = None
+    identity: Identity | None = None
+    duration_s: float = 0.0
+    error: str | None = None
+    stdout_tail: str = ""
+    stderr_tail: str = ""
+
+
+class Report(BaseModel):
+    """Everything known about one video's runs. The folder it sits in is the truth for
+    its state; the report says why and how."""
+
+    schema_version: int = SCHEMA_VERSION
+    name: str
+    original_name: str
+    state: str
+    identity: Identity
+    instance: str | None = None
+    claimed_at: str | None = None
+    finished_at: str | None = None
+    duration_s: float | None = None
+    runs: int = 0
+    stages: dict[str, StageRecord] = Field(default_factory=dict)
+    failed_stage: str | None = None
+    error: str | None = None
+
+    def stage(self, name: str) -> StageRecord:
+        return self.stages.setdefault(name, StageRecord())
+
+
+def report_path(reports: Path, name: str) -> Path:
+    """`reports/<name>.json`; a name too long for that gets a shortened, hashed file name."""
+    filename = f"{name}.json"
+    raw = os.fsencode(filename)
+    if len(raw) <= _NAME_MAX:
+        return reports / filename
+    digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:16]
+    head = raw[: _NAME_MAX - 40].decode("utf-8", "ignore")
+    return reports / f"{head}~{digest}.json"
+
+
+def load(path: Path) -> Report | None:
+    """The report at `path`; None when it is absent or unreadable (treated as no history)."""
+    try:
+        return Report.model_validate_json(path.read_bytes())
+    except (FileNotFoundError, ValidationError, ValueError, UnicodeDecodeError):
+        return None
+
+
+def save(path: Path, report: Report, *, tmp_dir: Path | None = None) -> None:
+    data = report.model_dump_json(indent=2).encode("utf-8", "surrogateescape")
+    write_atomic(path, data, tmp_dir=tmp_dir)

@@ -1,0 +1,281 @@
+"""Claims stable videos, runs them through the pipeline and files them.
+
+`Worker.once()` is the burst mode: recover, process everything that is pending and
+stable now, exit. The daemon (`vvflow run`) drives the same `claim_and_run` from its
+watcher and queue.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vvflow import instance, logs, report
+from vvflow.config import Settings
+from vvflow.errors import Cancelled, LeaseLost, StageError
+from vvflow.events import Event
+from vvflow.layout import MOVES, WORK, Candidate, Claim, Layout, State
+from vvflow.pipeline import Job, Pipeline
+
+
+@dataclass(frozen=True)
+class Outcome:
+    name: str
+    state: State
+    error: str | None = None
+
+
+@dataclass
+class Summary:
+    outcomes: list[Outcome] = field(default_factory=list)
+    recovered: int = 0
+
+    def count(self, state: State) -> int:
+        return sum(1 for o in self.outcomes if o.state == state)
+
+
+class Worker:
+    """One vvflow instance: its lease on the root, its pipeline, its claims."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.layout = Layout(settings.root, settings.extensions)
+        self.pipeline = Pipeline(settings.stages, settings.root)
+        self.id = instance.InstanceId.current()
+        self.lease = instance.Lease(self.layout.processing / self.id.name, settings.lease_seconds)
+        #: Set when no new video may be claimed (shutdown requested).
+        self.stopping = threading.Event()
+        #: Set when running stages must be stopped and their videos returned.
+        self.cancel = threading.Event()
+
+    @property
+    def journal(self) -> Path:
+        return self.lease.folder / MOVES
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def start(self) -> None:
+        output_dirs = {p.parent for p in self.pipeline.output_paths("x", "x").values()}
+        self.layout.ensure(output_dirs)
+        self.lease.acquire()
+        logs.event(Event.STARTED, instance=self.id.name, root=str(self.layout.root))
+
+    def close(self) -> None:
+        self.lease.release()
+        shutil.rmtree(self.lease.folder / WORK, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.journal.rmdir()
+        with contextlib.suppress(OSError):
+            self.lease.folder.rmdir()
+
+    def recover(self) -> int:
+        """Return the claims of every dead instance to pending/. Returns how many."""
+        total = 0
+        for folder in self.layout.instance_folders():
+            if folder == self.lease.folder:
+                continue
+            if not instance.is_dead(folder, self.settings.lease_seconds):
+                continue
+            returned, repaired = self.layout.recover(folder, self.journal)
+            total += len(returned)
+            logs.event(
+                Event.RECOVERED,
+                instance=folder.name,
+                videos=[p.name for p in returned],
+                moves_repaired=repaired,
+            )
+        return total
+
+    # -- finding work --------------------------------------------------------------
+
+    def stable_candidates(self, wait: Callable[[float], bool]) -> list[Candidate]:
+        """Candidates whose size and mtime did not change for `stable_seconds`.
+
+        `wait(seconds)` sleeps and returns True when interrupted by a shutdown.
+        """
+        first, ignored = self.layout.scan_pending()
+        for entry in ignored:
+            logs.event(Event.IGNORED, level=logging.DEBUG, video=entry.name, reason=entry.reason)
+        if not first or self.settings.stable_seconds <= 0:
+            return first
+        if wait(self.settings.stable_seconds):
+            return []
+        second = {c.name: c.identity for c in self.layout.scan_pending()[0]}
+        stable = []
+        for candidate in first:
+            if second.get(candidate.name) == candidate.identity:
+                stable.append(candidate)
+            else:
+                logs.event(Event.UNSTABLE, video=candidate.name)
+        return stable
+
+    # -- one video -----------------------------------------------------------------
+
+    def claim_and_run(self, candidate: Candidate) -> Outcome | None:
+        """Claim one stable candidate and run it; None when it was not ours to run."""
+        if self.stopping.is_set():
+            return None
+        claim = self.layout.claim(candidate, self.lease.folder)
+        if claim is None:
+            logs.event(Event.CLAIM_LOST, video=candidate.name)
+            return None
+        return self.run_claim(claim)
+
+    def _guard(self, claim: Claim) -> None:
+        """Raise LeaseLost unless this instance still holds `claim`."""
+        try:
+            st = os.lstat(claim.path)
+        except FileNotFoundError:
+            raise LeaseLost(f"{claim.name} is no longer in {self.lease.folder}") from None
+        if not self.lease.held() or st.st_ino != claim.identity.inode:
+            raise LeaseLost(f"the lease of {self.id.name} was taken over")
+
+    def run_claim(self, claim: Claim) -> Outcome | None:
+        started = time.monotonic()
+        workspace = self.lease.folder / WORK / claim.name
+        rpath = self.layout.report_path(claim.name)
+        rep = report.load(rpath)
+        if rep is None or rep.identity != claim.identity:
+            rep = report.Report(
+                name=claim.name,
+                original_name=claim.original_name,
+                state=State.PROCESSING,
+                identity=claim.identity,
+            )
+        rep.name = claim.name
+        rep.state = State.PROCESSING
+        rep.instance = self.id.name
+        rep.claimed_at = report.now_iso()
+        rep.finished_at = None
+        rep.runs += 1
+        rep.failed_stage = None
+        rep.error = None
+
+        def save() -> None:
+            self._guard(claim)
+            try:
+                report.save(rpath, rep, tmp_dir=workspace)
+            except OSError as exc:
+                logs.event(
+                    Event.REPORT_UNWRITABLE,
+                    level=logging.ERROR,
+                    video=claim.name,
+                    error=f"cannot write report {rpath}: {exc.strerror}",
+                )
+
+        logs.event(
+            Event.CLAIMED,
+            video=claim.name,
+            original_name=claim.original_name,
+            size=claim.identity.size,
+            instance=self.id.name,
+        )
+        state = State.FAILED
+        try:
+            workspace.mkdir(parents=True, exist_ok=True)
+            save()
+            job = Job(claim.path, claim.name, claim.stem, self.layout.root, workspace)
+            self.pipeline.run(
+                job, rep, save=save, guard=lambda: self._guard(claim), cancel=self.cancel
+            )
+            state = State.COMPLETED
+        except StageError:
+            state = State.FAILED
+        except Cancelled:
+            state = State.PENDING
+        except LeaseLost as exc:
+            logs.event(Event.LEASE_LOST, level=logging.WARNING, video=claim.name, error=str(exc))
+            shutil.rmtree(workspace, ignore_errors=True)
+            return None
+        except OSError as exc:
+            # The storage itself failed (full disk, I/O error): file the video as failed
+            # with the reason rather than lose track of it.
+            rep.error = f"storage error: {exc.strerror or exc}: {exc.filename or ''}".strip()
+            state = State.FAILED
+        duration = time.monotonic() - started
+        rep.state = state
+        rep.finished_at = report.now_iso() if state != State.PENDING else None
+        rep.duration_s = round(duration, 3)
+        try:
+            # The report first, then the move: a crash between them leaves the video in
+            # processing/, where recovery returns it and the report lets it resume.
+            save()
+            self._guard(claim)
+            dest = self.layout.finish(claim, state, self.lease.folder)
+        except LeaseLost as exc:
+            logs.event(Event.LEASE_LOST, level=logging.WARNING, video=claim.name, error=str(exc))
+            return None
+        finally:
+            shutil.rmtree(workspace, ignore_errors=True)
+        event = {
+            State.COMPLETED: Event.COMPLETED,
+            State.FAILED: Event.FAILED,
+            State.PENDING: Event.RELEASED,
+        }[state]
+        logs.event(
+            event,
+            level=logging.WARNING if state == State.FAILED else logging.INFO,
+            video=claim.name,
+            path=str(dest.relative_to(self.layout.root)),
+            duration_s=duration,
+            **({"error": rep.error, "stage": rep.failed_stage} if state == State.FAILED else {}),
+        )
+        return Outcome(claim.name, state, rep.error)
+
+    # -- burst mode ----------------------------------------------------------------
+
+    def once(self, *, stop_requested: Callable[[], bool] = lambda: False) -> Summary:
+        """Recover, then process every video pending and stable now; return what happened.
+
+        `stop_requested` is polled: once true, nothing new is claimed, running stages get
+        `shutdown_grace_seconds` to finish, then are stopped and their videos returned.
+        """
+        summary = Summary()
+        self.start()
+        try:
+            summary.recovered = self.recover()
+
+            def wait(seconds: float) -> bool:
+                deadline = time.monotonic() + seconds
+                while time.monotonic() < deadline:
+                    if stop_requested():
+                        return True
+                    time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+                return stop_requested()
+
+            candidates = self.stable_candidates(wait)
+            with futures.ThreadPoolExecutor(
+                max_workers=self.settings.workers, thread_name_prefix="vvflow-worker"
+            ) as pool:
+                pending = {pool.submit(self.claim_and_run, c) for c in candidates}
+                grace_deadline: float | None = None
+                while pending:
+                    done, pending = futures.wait(pending, timeout=0.1)
+                    for fut in done:
+                        outcome = fut.result()
+                        if outcome is not None:
+                            summary.outcomes.append(outcome)
+                    if stop_requested() and grace_deadline is None:
+                        self.stopping.set()
+                        grace_deadline = time.monotonic() + self.settings.shutdown_grace_seconds
+                    if grace_deadline is not None and time.monotonic() >= grace_deadline:
+                        self.cancel.set()
+        finally:
+            self.close()
+        logs.event(
+            Event.STOPPED,
+            instance=self.id.name,
+            completed=summary.count(State.COMPLETED),
+            failed=summary.count(State.FAILED),
+            released=summary.count(State.PENDING),
+            recovered=summary.recovered,
+        )
+        return summary
