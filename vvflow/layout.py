@@ -10,6 +10,7 @@ import contextlib
 import os
 import shutil
 import stat
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
@@ -106,6 +107,7 @@ class Layout:
         self.completed = self.input / State.COMPLETED
         self.failed = self.input / State.FAILED
         self.reports = root / "reports"
+        self._claim_lock = threading.Lock()
 
     def folder(self, state: State) -> Path:
         return self.input / state
@@ -205,13 +207,18 @@ class Layout:
             variants.update((e, e.upper()))
         return variants
 
-    def stem_taken(self, stem: str, ext: str, identity: report.Identity) -> bool:
-        """Whether another video already owns `stem` (and so its output paths)."""
+    def stem_taken(
+        self, stem: str, ext: str, identity: report.Identity, *, mine: Path | None = None
+    ) -> bool:
+        """Whether another video already owns `stem` (and so its output paths).
+
+        `mine` is the path of our own claim, which does not count against itself."""
         variants = self._ext_variants(ext)
         folders = [self.completed, self.failed, *self.instance_folders()]
         for folder in folders:
             for variant in variants:
-                if os.path.lexists(folder / f"{stem}{variant}"):
+                path = folder / f"{stem}{variant}"
+                if path != mine and os.path.lexists(path):
                     return True
         for variant in variants:
             previous = report.load(self.report_path(f"{stem}{variant}"))
@@ -260,23 +267,43 @@ class Layout:
             return None
         if not stat.S_ISREG(st.st_mode) or report.Identity.of(st) != candidate.identity:
             return None
-        while True:
-            name = self.free_name(candidate.name, candidate.identity)
-            dst = lease_folder / name
-            try:
-                atomicfs.rename_noreplace(src, dst, journal=journal)
-            except FileNotFoundError:
-                return None
-            except FileExistsError:
-                continue
-            break
+        with self._claim_lock:
+            while True:
+                name = self.free_name(candidate.name, candidate.identity)
+                dst = lease_folder / name
+                try:
+                    atomicfs.rename_noreplace(src, dst, journal=journal)
+                except FileNotFoundError:
+                    return None
+                except FileExistsError:
+                    continue
+                break
         after = os.lstat(dst)
         if not stat.S_ISREG(after.st_mode) or not atomicfs.same_file(after, st):
             # Something was swapped in between the check and the rename (a symlink, a
             # new file): put it back untouched and let the next scan judge it.
             self._move(dst, self.pending, candidate.name, journal)
             return None
-        return Claim(dst, name, candidate.name, report.Identity.of(after))
+        dst = self._settle_stem(dst, candidate, lease_folder)
+        return Claim(dst, dst.name, candidate.name, report.Identity.of(after))
+
+    def _settle_stem(self, claimed: Path, candidate: Candidate, lease_folder: Path) -> Path:
+        """Another instance may have claimed a video with the same stem at the same
+        moment (`a.mp4` and `a.mkv`): whoever sees the clash after its own claim moves to
+        a fresh name, so both never keep one stem. Within an instance a lock serializes
+        claims; this covers instances sharing the root."""
+        while True:
+            stem, ext = split_name(claimed.name)
+            if not self.stem_taken(stem, ext, candidate.identity, mine=claimed):
+                return claimed
+            with self._claim_lock:
+                name = self.free_name(candidate.name, candidate.identity)
+                target = lease_folder / name
+                try:
+                    atomicfs.rename_noreplace(claimed, target, journal=lease_folder / MOVES)
+                except FileExistsError:
+                    continue
+            claimed = target
 
     def finish(self, claim: Claim, state: State, lease_folder: Path) -> Path:
         """File a claimed video under completed/, failed/ or back in pending/."""

@@ -1,0 +1,143 @@
+"""Shared fixtures: a storage root, stage commands built from tests/stagecmd.py, and a
+way to run the real `vvflow` command as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.media import make_video
+
+STAGECMD = Path(__file__).with_name("stagecmd.py")
+STATES = ("pending", "processing", "completed", "failed")
+
+
+def toml_value(value: Any) -> str:
+    return json.dumps(value)  # JSON strings, numbers, lists and bools are valid TOML
+
+
+@dataclass
+class Root:
+    """A storage root under tmp_path, with helpers to configure and inspect it."""
+
+    path: Path
+    runlog: Path
+    video_bytes: bytes
+
+    def folder(self, state: str) -> Path:
+        return self.path / "input" / state
+
+    def drop(self, name: str, data: bytes | None = None) -> Path:
+        target = self.folder("pending") / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(self.video_bytes if data is None else data)
+        return target
+
+    def names(self, state: str) -> list[str]:
+        folder = self.folder(state)
+        if state == "processing":
+            return sorted(
+                p.name for inst in folder.iterdir() if inst.is_dir() for p in inst.iterdir()
+            ) if folder.exists() else []  # fmt: skip
+        return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+    def stage(
+        self, name: str, mode: str = "ok", *, output: str | None = None, inp: str = "{video}",
+        **extra: Any,
+    ) -> dict[str, Any]:  # fmt: skip
+        folder = {"scan": "analytic", "summarize": "summaries", "logline": "loglines"}
+        suffix = {"scan": "analytic", "summarize": "summary", "logline": "logline"}
+        command = [sys.executable, str(STAGECMD), mode, "--log", str(self.runlog),
+                   "--stage", name]  # fmt: skip
+        if "pids" in extra:
+            command += ["--pids", str(extra.pop("pids"))]
+        return {
+            "name": name,
+            "command": [*command, inp, "{output}"],
+            "output": output or f"{folder.get(name, name)}/{{stem}}.{suffix.get(name, name)}.json",
+            "backoff_seconds": 0.0,
+            "backoff_max_seconds": 0.0,
+            **extra,
+        }
+
+    def three_stages(self, scan: str = "ok", summarize: str = "ok", logline: str = "ok",
+                     **extra: Any) -> list[dict[str, Any]]:  # fmt: skip
+        return [
+            self.stage("scan", scan, **extra),
+            self.stage("summarize", summarize, inp="{scan}", **extra),
+            self.stage("logline", logline, inp="{summarize}", **extra),
+        ]
+
+    def configure(self, stages: list[dict[str, Any]] | None = None, **top: Any) -> Path:
+        top.setdefault("stable_seconds", 0.0)
+        lines = [f"{key} = {toml_value(value)}" for key, value in top.items()]
+        for stage in stages or self.three_stages():
+            lines.append("\n[[stages]]")
+            lines += [f"{key} = {toml_value(value)}" for key, value in stage.items()]
+        config = self.path / "vvflow.toml"
+        config.write_text("\n".join(lines) + "\n")
+        return config
+
+    def runs(self) -> list[dict[str, Any]]:
+        if not self.runlog.exists():
+            return []
+        with self.runlog.open(encoding="utf-8", errors="surrogateescape") as fh:
+            return [json.loads(line) for line in fh]
+
+    def report(self, name: str) -> dict[str, Any]:
+        return json.loads((self.path / "reports" / f"{name}.json").read_bytes())
+
+    def vvflow(self, *args: str, timeout: float = 60, env: dict[str, str] | None = None,
+               check: int | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("VVFLOW_")}
+        full_env.pop("VIDEO_STORAGE_ROOT", None)
+        full_env.update(env or {})
+        command, *rest = args
+        proc = subprocess.run(
+            [sys.executable, "-m", "vvflow", command, "--root", str(self.path), *rest],
+            capture_output=True, text=True, timeout=timeout, env=full_env,
+            errors="surrogateescape",
+        )  # fmt: skip
+        if check is not None:
+            assert proc.returncode == check, proc.stderr[-3000:]
+        return proc
+
+    def status(self) -> dict[str, Any]:
+        proc = self.vvflow("status", "--json", check=0)
+        data: dict[str, Any] = json.loads(proc.stdout)
+        return data
+
+
+@pytest.fixture(scope="session")
+def video_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    path = make_video(tmp_path_factory.mktemp("media") / "sample.mp4", seconds=0.5)
+    return path.read_bytes()
+
+
+@pytest.fixture
+def root(tmp_path: Path, video_bytes: bytes) -> Iterator[Root]:
+    r = Root(tmp_path / "root", tmp_path / "runs.log", video_bytes)
+    (r.path / "input" / "pending").mkdir(parents=True)
+    yield r
+    shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def events(stderr: str) -> list[dict[str, Any]]:
+    """The structured log lines vvflow wrote on stderr."""
+    out = []
+    for line in stderr.splitlines():
+        if line.startswith("{"):
+            out.append(json.loads(line))
+    return out
+
+
+RootFactory = Callable[[], Root]
