@@ -64,10 +64,9 @@ def main() -> int:
     elif mode == "sleep":
         low, _, high = arg.partition("-")
         time.sleep(random.uniform(float(low), float(high or low)))
-    elif mode == "until":
-        if not Path(arg).exists():
-            sys.stderr.write(f"waiting for {arg}\n")
-            return 1
+    elif mode == "until" and not Path(arg).exists():
+        sys.stderr.write(f"waiting for {arg}\n")
+        return 1
     size = os.path.getsize(args.input)
     payload = {
         "stage": args.stage,

@@ -27,3 +27,4 @@ class Event(StrEnum):
     LEASE_LOST = "lease_lost"
     ORPHAN_KILLED = "orphan_killed"
     REPORT_UNWRITABLE = "report_unwritable"
+    INTERNAL_ERROR = "internal_error"

@@ -267,10 +267,10 @@ class Layout:
             return None
         if not stat.S_ISREG(st.st_mode) or report.Identity.of(st) != candidate.identity:
             return None
+        dst = lease_folder / candidate.name
         with self._claim_lock:
             while True:
-                name = self.free_name(candidate.name, candidate.identity)
-                dst = lease_folder / name
+                dst = lease_folder / self.free_name(candidate.name, candidate.identity)
                 try:
                     atomicfs.rename_noreplace(src, dst, journal=journal)
                 except FileNotFoundError:

@@ -35,8 +35,10 @@ def setup(level: str = "INFO") -> None:
     logger.propagate = False
 
 
-def event(name: Event, /, *, level: int = logging.INFO, **fields: Any) -> None:
+def event(
+    name: Event, /, *, level: int = logging.INFO, exc_info: bool = False, **fields: Any
+) -> None:
     """Log one lifecycle event with its fields (video, stage, duration_s, ...)."""
     if "duration_s" in fields and isinstance(fields["duration_s"], float):
         fields["duration_s"] = round(fields["duration_s"], 3)
-    logger.log(level, str(name), extra={"fields": fields})
+    logger.log(level, str(name), extra={"fields": fields}, exc_info=exc_info)

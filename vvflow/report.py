@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from enum import StrEnum
@@ -103,11 +104,16 @@ def report_path(reports: Path, name: str) -> Path:
 def load(path: Path) -> Report | None:
     """The report at `path`; None when it is absent or unreadable (treated as no history)."""
     try:
-        return Report.model_validate_json(path.read_bytes())
-    except (FileNotFoundError, ValidationError, ValueError, UnicodeDecodeError):
+        return Report.model_validate(json.loads(path.read_bytes()))
+    except (FileNotFoundError, NotADirectoryError, ValidationError, ValueError):
         return None
 
 
+def dumps(report: Report) -> bytes:
+    """The report as ASCII JSON: a file name that is not valid UTF-8 survives as
+    `\\udcXX` escapes, which load back to the very same name."""
+    return json.dumps(report.model_dump(mode="json"), indent=2, ensure_ascii=True).encode()
+
+
 def save(path: Path, report: Report, *, tmp_dir: Path | None = None) -> None:
-    data = report.model_dump_json(indent=2).encode("utf-8", "surrogateescape")
-    write_atomic(path, data, tmp_dir=tmp_dir)
+    write_atomic(path, dumps(report), tmp_dir=tmp_dir)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from vvflow import instance, logs, report
 from vvflow.config import Settings
@@ -200,6 +201,11 @@ class Worker:
             # with the reason rather than lose track of it.
             rep.error = f"storage error: {exc.strerror or exc}: {exc.filename or ''}".strip()
             state = State.FAILED
+        except Exception as exc:
+            # A bug of ours must not take the other videos down, nor lose this one.
+            logs.event(Event.INTERNAL_ERROR, level=logging.ERROR, exc_info=True, video=claim.name)
+            rep.error = f"internal error: {exc!r}"
+            state = State.FAILED
         duration = time.monotonic() - started
         rep.state = state
         rep.finished_at = report.now_iso() if state != State.PENDING else None
@@ -220,14 +226,15 @@ class Worker:
             State.FAILED: Event.FAILED,
             State.PENDING: Event.RELEASED,
         }[state]
-        logs.event(
-            event,
-            level=logging.WARNING if state == State.FAILED else logging.INFO,
-            video=claim.name,
-            path=str(dest.relative_to(self.layout.root)),
-            duration_s=duration,
-            **({"error": rep.error, "stage": rep.failed_stage} if state == State.FAILED else {}),
-        )
+        fields: dict[str, Any] = {
+            "video": claim.name,
+            "path": str(dest.relative_to(self.layout.root)),
+            "duration_s": duration,
+        }
+        if state == State.FAILED:
+            fields.update(stage=rep.failed_stage, error=rep.error)
+        level = logging.WARNING if state == State.FAILED else logging.INFO
+        logs.event(event, level=level, **fields)
         return Outcome(claim.name, state, rep.error)
 
     # -- burst mode ----------------------------------------------------------------
