@@ -46,7 +46,11 @@ class Root:
         folder = self.folder(state)
         if state == "processing":
             return sorted(
-                p.name for inst in folder.iterdir() if inst.is_dir() for p in inst.iterdir()
+                p.name
+                for inst in folder.iterdir()
+                if inst.is_dir()
+                for p in inst.iterdir()
+                if not p.name.startswith(".")
             ) if folder.exists() else []  # fmt: skip
         return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 

@@ -74,6 +74,7 @@ def main() -> int:
         "size": size,
         "env": {k: v for k, v in os.environ.items() if k.startswith("VVFLOW_")},
         "cwd": os.getcwd(),
+        "pid": os.getpid(),
     }
     data = json.dumps(payload, ensure_ascii=True).encode()
     # Write in two steps so a kill between them would leave a half file, which vvflow

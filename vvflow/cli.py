@@ -17,6 +17,7 @@ from types import FrameType
 
 from vvflow import __version__, atomicfs, instance, logs, report, status
 from vvflow.config import Settings, builtin_stages, load_settings
+from vvflow.daemon import Daemon, check_health
 from vvflow.errors import ConfigError, LayoutError
 from vvflow.layout import Layout, State
 from vvflow.worker import Worker
@@ -54,9 +55,17 @@ def _build_parser() -> _Parser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     common = _common()
 
+    run = sub.add_parser("run", parents=[common], help="watch and process until SIGTERM/SIGINT")
     once = sub.add_parser("once", parents=[common], help="process everything pending now, exit")
-    once.add_argument("--workers", type=int)
-    once.add_argument("--stable-seconds", dest="stable_seconds", type=float)
+    for p in (run, once):
+        p.add_argument("--workers", type=int)
+        p.add_argument("--stable-seconds", dest="stable_seconds", type=float)
+        p.add_argument("--lease-seconds", dest="lease_seconds", type=float)
+        p.add_argument("--shutdown-grace-seconds", dest="shutdown_grace_seconds", type=float)
+    run.add_argument("--rescan-seconds", dest="rescan_seconds", type=float)
+    run.add_argument("--observer", choices=["auto", "inotify", "polling"])
+
+    sub.add_parser("health", parents=[common], help="exit 0 when a healthy `run` is here")
 
     st = sub.add_parser("status", parents=[common], help="counts per state, failures")
     st.add_argument("--json", action="store_true")
@@ -94,13 +103,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "doctor":
         return _cmd_doctor(args)
     try:
-        if args.command == "once":
-            settings = _settings(
-                args, workers=args.workers, stable_seconds=args.stable_seconds,
-                log_level=args.log_level,
-            )  # fmt: skip
-            return _cmd_once(settings)
+        if args.command in ("run", "once"):
+            flags = {
+                key: getattr(args, key, None)
+                for key in ("workers", "stable_seconds", "lease_seconds",
+                            "shutdown_grace_seconds", "rescan_seconds", "observer", "log_level")
+            }  # fmt: skip
+            settings = _settings(args, **flags)
+            return _cmd_run(settings) if args.command == "run" else _cmd_once(settings)
         settings = _settings(args, log_level=args.log_level)
+        if args.command == "health":
+            return _cmd_health(settings)
         if args.command == "status":
             return _cmd_status(settings, as_json=args.json)
         if args.command == "retry":
@@ -131,6 +144,20 @@ def _cmd_once(settings: Settings) -> int:
     return RET_FAILED if summary.count(State.FAILED) else RET_OK
 
 
+def _cmd_run(settings: Settings) -> int:
+    logs.setup(settings.log_level)
+    return Daemon(Worker(settings)).run(_install_stop_flags())
+
+
+def _cmd_health(settings: Settings) -> int:
+    if not settings.root.is_dir() or not Layout(settings.root, ()).pending.is_dir():
+        sys.stdout.write(f"unhealthy: no storage root at {settings.root}\n")
+        return RET_FAILED
+    ok, detail = check_health(Layout(settings.root, ()).processing, settings.lease_seconds)
+    sys.stdout.write(f"{'healthy' if ok else 'unhealthy'}: {detail}\n")
+    return RET_OK if ok else RET_FAILED
+
+
 def _cmd_status(settings: Settings, *, as_json: bool) -> int:
     layout = Layout(settings.root, settings.extensions)
     if not layout.input.is_dir():
@@ -151,7 +178,9 @@ def _cmd_retry(settings: Settings, names: list[str], *, every: bool, from_start:
         listed = ", ".join(repr(n) for n in unknown)
         return _fail(f"retry: not in input/failed/: {listed}; nothing was moved")
     layout.ensure()
-    lease = instance.Lease(layout.processing / instance.InstanceId.current().name, 3600)
+    lease = instance.Lease(
+        layout.processing / instance.InstanceId.current().name, settings.lease_seconds
+    )
     lease.acquire()
     try:
         for name in chosen:

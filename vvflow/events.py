@@ -28,3 +28,6 @@ class Event(StrEnum):
     ORPHAN_KILLED = "orphan_killed"
     REPORT_UNWRITABLE = "report_unwritable"
     INTERNAL_ERROR = "internal_error"
+    WATCHING = "watching"
+    OBSERVER_FAILED = "observer_failed"
+    OBSERVER_RESTARTED = "observer_restarted"

@@ -84,8 +84,10 @@ def heartbeat_age(folder: Path, now: float | None = None) -> float | None:
 def is_dead(folder: Path, lease_seconds: float) -> bool:
     """Whether the instance owning `folder` is gone and its claims may be taken back."""
     ident = InstanceId.parse(folder.name)
-    if ident is not None and ident.is_local():
-        return not ident.is_running_here()
+    if ident is not None and ident.is_local() and not ident.is_running_here():
+        return True
+    # Alive on this host but paused (SIGSTOP, a frozen VM) or on another host: only the
+    # heartbeat can tell.
     age = heartbeat_age(folder)
     if age is None:
         # No heartbeat at all: either already taken over, or never started. Give a

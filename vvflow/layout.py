@@ -161,6 +161,15 @@ class Layout:
                 ignored.append(Ignored(entry.name, reason))
         return candidates, ignored
 
+    def pending_names(self) -> Iterator[str]:
+        """Names at the top of pending/, one at a time (100,000 of them cost no list)."""
+        try:
+            with os.scandir(self.pending) as it:
+                for entry in it:
+                    yield entry.name
+        except FileNotFoundError:
+            return
+
     def entry_reason(self, name: str, st: os.stat_result) -> str | None:
         if stat.S_ISLNK(st.st_mode):
             return "symlink (never followed; move the file itself into pending/)"

@@ -154,7 +154,7 @@ class Pipeline:
             save()
             started = time.monotonic()
             try:
-                tmp = self._run_stage(stage, job, report, outputs, cancel, save)
+                tmp = self._run_stage(stage, job, report, outputs, cancel, save, guard)
                 guard()
                 _publish(tmp, final)
             except StageError as exc:
@@ -197,6 +197,7 @@ class Pipeline:
         outputs: dict[str, Path],
         cancel: threading.Event,
         save: Callable[[], None],
+        guard: Callable[[], None],
     ) -> Path:
         tmp = job.workspace / self.output_path(stage, job.name, job.stem).name
         values = {
@@ -236,6 +237,7 @@ class Pipeline:
         for attempt in retrying:
             with attempt:
                 number = first_attempt + attempt.retry_state.attempt_number - 1
+                guard()
                 self._attempt(stage, job, report, values, tmp, number, cancel, save)
         return tmp
 

@@ -74,6 +74,9 @@ class Worker:
         shutil.rmtree(self.lease.folder / WORK, ignore_errors=True)
         with contextlib.suppress(OSError):
             self.journal.rmdir()
+        for bookkeeping in self.lease.folder.glob(".*"):
+            with contextlib.suppress(OSError):
+                bookkeeping.unlink()
         with contextlib.suppress(OSError):
             self.lease.folder.rmdir()
 

@@ -1,0 +1,339 @@
+"""`vvflow run`: events, stability, rescans, workers, leases, health and clean shutdown,
+with the real watchdog observers and real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import tracemalloc
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Root, events
+from vvflow.config import load_settings
+from vvflow.daemon import Daemon
+from vvflow.watcher import PendingEvents, filesystem_type, needs_polling
+from vvflow.worker import Worker
+
+
+class Running:
+    """A `vvflow run` subprocess whose stderr is collected to a file."""
+
+    def __init__(self, root: Root, *args: str, log: Path) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VVFLOW_")}
+        self.log = log
+        self._stderr = log.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "vvflow", "run", "--root", str(root.path), *args],
+            stderr=self._stderr, env=env,
+        )  # fmt: skip
+        wait_for(lambda: "watching" in log.read_text(), what="the observer to start")
+
+    def events(self) -> list[dict[str, object]]:
+        return events(self.log.read_text(errors="surrogateescape"))
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._stderr.close()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout=timeout)
+
+
+def wait_for(condition: Callable[[], bool], *, timeout: float = 30, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def running(root: Root, tmp_path: Path) -> Iterator[Callable[..., Running]]:
+    started: list[Running] = []
+
+    def start(*args: str) -> Running:
+        run = Running(root, *args, log=tmp_path / f"run{len(started)}.log")
+        started.append(run)
+        return run
+
+    yield start
+    for run in started:
+        run.close()
+
+
+def test_dropped_video_is_processed_on_its_event(
+    root: Root, running: Callable[..., Running]
+) -> None:
+    root.configure(stable_seconds=0.3, rescan_seconds=3600)
+    run = running()
+    root.drop("a.mp4")
+    wait_for(lambda: root.names("completed") == ["a.mp4"], what="a.mp4 completed")
+    assert (root.path / "loglines" / "a.logline.json").exists()
+    assert run.stop() == 0
+    stopped = next(e for e in run.events() if e["event"] == "stopped")
+    assert stopped["found_by_event"] == 1 and stopped["found_by_rescan"] == 0
+
+
+def test_rename_into_pending_is_caught_and_temp_names_never(
+    root: Root, running: Callable[..., Running], tmp_path: Path
+) -> None:
+    root.configure(stable_seconds=0.3, rescan_seconds=3600)
+    running()
+    pending = root.folder("pending")
+    # rsync: write a hidden temp name in place, then rename.
+    (pending / ".clip.mp4.Xy12ab").write_bytes(root.video_bytes)
+    (pending / "download.mp4.part").write_bytes(root.video_bytes)
+    time.sleep(1.0)
+    assert root.runs() == []
+    os.rename(pending / ".clip.mp4.Xy12ab", pending / "clip.mp4")
+    # mv from elsewhere on the same filesystem.
+    outside = root.path / "staging.mkv"
+    outside.write_bytes(root.video_bytes)
+    os.rename(outside, pending / "moved.mkv")
+    wait_for(lambda: root.names("completed") == ["clip.mp4", "moved.mkv"], what="renamed videos")
+    assert sorted(os.listdir(pending)) == ["download.mp4.part"]
+    assert {r["video"] for r in root.runs()} == {"clip.mp4", "moved.mkv"}
+
+
+def test_slow_writer_is_never_claimed_while_writing(
+    root: Root, running: Callable[..., Running]
+) -> None:
+    root.configure(stable_seconds=1.0, rescan_seconds=0.5)
+    run = running()
+    target = root.folder("pending") / "slow.mp4"
+    last_write = 0.0
+    with target.open("wb") as fh:
+        for i in range(8):  # a chunk every 0.4 s: 3.2 s of writing
+            fh.write(root.video_bytes[i * 100 : (i + 1) * 100] or b"x")
+            fh.flush()
+            last_write = time.time()
+            time.sleep(0.4)
+            assert root.names("processing") == [] and root.names("completed") == []
+        fh.write(root.video_bytes[800:])
+        last_write = time.time()
+    wait_for(lambda: root.names("completed") == ["slow.mp4"], what="slow.mp4 completed")
+    claimed = [e for e in run.events() if e["event"] == "claimed"]
+    assert len(claimed) == 1
+    assert (root.folder("completed") / "slow.mp4").read_bytes()[:800] == root.video_bytes[:800]
+    assert (root.folder("completed") / "slow.mp4").stat().st_size == len(root.video_bytes)
+    report = root.report("slow.mp4")
+    assert report["identity"]["size"] == len(root.video_bytes)
+    assert last_write > 0
+
+
+def test_files_present_at_start_are_found_by_the_first_rescan(
+    root: Root, running: Callable[..., Running]
+) -> None:
+    root.configure(stable_seconds=0.2, rescan_seconds=3600)
+    for i in range(5):
+        root.drop(f"early{i}.mp4")
+    run = running("--workers", "3")
+    wait_for(lambda: len(root.names("completed")) == 5, what="5 videos")
+    assert run.stop() == 0
+    stopped = next(e for e in run.events() if e["event"] == "stopped")
+    assert stopped["found_by_rescan"] == 5
+
+
+def test_polling_observer(root: Root, running: Callable[..., Running]) -> None:
+    root.configure(stable_seconds=0.2, rescan_seconds=3600, observer="polling")
+    run = running()
+    assert [e["observer"] for e in run.events() if e["event"] == "watching"] == ["polling"]
+    root.drop("p.mp4")
+    wait_for(lambda: root.names("completed") == ["p.mp4"], what="p.mp4 via polling")
+
+
+def test_sigterm_lets_a_short_stage_finish(root: Root, running: Callable[..., Running]) -> None:
+    root.configure([root.stage("scan", "sleep:1.0")], stable_seconds=0, shutdown_grace_seconds=10)
+    run = running()
+    root.drop("a.mp4")
+    wait_for(lambda: bool(root.runs()), what="the stage to start")
+    assert run.stop() == 0
+    assert root.names("completed") == ["a.mp4"]
+    assert root.names("processing") == [] and root.names("pending") == []
+
+
+def test_sigterm_past_grace_returns_the_video_to_pending(
+    root: Root, running: Callable[..., Running]
+) -> None:
+    root.configure([root.stage("scan", "sleep:60")], stable_seconds=0, shutdown_grace_seconds=0.5)
+    run = running()
+    root.drop("a.mp4")
+    wait_for(lambda: bool(root.runs()), what="the stage to start")
+    started = time.monotonic()
+    assert run.stop() == 0
+    assert time.monotonic() - started < 10
+    assert root.names("pending") == ["a.mp4"]
+    assert root.names("processing") == []
+    assert not list((root.path / "input" / "processing").iterdir())
+    stage_pid = root.runs()[0]["pid"]
+    wait_for(lambda: not Path(f"/proc/{stage_pid}").exists(), timeout=5, what="stage killed")
+
+
+def test_second_signal_exits_at_once_and_the_next_start_recovers(
+    root: Root, running: Callable[..., Running]
+) -> None:
+    root.configure([root.stage("scan", "sleep:60")], stable_seconds=0, shutdown_grace_seconds=60)
+    run = running()
+    root.drop("a.mp4")
+    wait_for(lambda: bool(root.runs()), what="the stage to start")
+    run.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    assert run.stop(signal.SIGINT, timeout=5) != 0
+    assert root.names("processing") == ["a.mp4"]
+    root.configure([root.stage("scan", "ok")], stable_seconds=0)
+    root.vvflow("once", check=0)
+    assert root.names("completed") == ["a.mp4"]
+
+
+def test_health(root: Root, running: Callable[..., Running]) -> None:
+    root.configure()
+    assert root.vvflow("health").returncode == 1
+    run = running()
+    wait_for(lambda: root.vvflow("health").returncode == 0, timeout=10, what="healthy")
+    assert "inotify observer alive" in root.vvflow("health").stdout
+    assert run.stop() == 0
+    proc = root.vvflow("health", check=1)
+    assert proc.stdout.startswith("unhealthy")
+
+
+def test_two_instances_process_each_video_exactly_once(
+    root: Root, running: Callable[..., Running]
+) -> None:
+    root.configure(root.three_stages("sleep:0-0.1", "sleep:0-0.1", "ok"),
+                   stable_seconds=0.2, rescan_seconds=0.5)  # fmt: skip
+    first, second = running(), running()
+    names = [f"v{i:03d}.mp4" for i in range(40)]
+    for name in names:
+        root.drop(name)
+    wait_for(lambda: len(root.names("completed")) == 40, timeout=90, what="40 videos")
+    assert first.stop() == 0 and second.stop() == 0
+    assert root.names("completed") == names
+    runs = Counter((r["video"], r["stage"]) for r in root.runs())
+    assert set(runs.values()) == {1}, [k for k, v in runs.items() if v > 1]
+    assert len(runs) == 120
+    by_instance = Counter(root.report(n)["instance"] for n in names)
+    assert len(by_instance) == 2, "both instances should have worked"
+
+
+def test_frozen_instance_past_its_lease_overwrites_nothing(
+    root: Root, running: Callable[..., Running]
+) -> None:
+    root.configure([root.stage("scan", "sleep:3")], stable_seconds=0, lease_seconds=1)
+    frozen = running()
+    root.drop("a.mp4")
+    wait_for(lambda: bool(root.runs()), what="the stage to start")
+    frozen.proc.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(1.5)  # past its lease
+        rescuer = running()
+        wait_for(lambda: root.names("completed") == ["a.mp4"], timeout=30, what="takeover")
+        output = json.loads((root.path / "analytic" / "a.analytic.json").read_text())
+    finally:
+        frozen.proc.send_signal(signal.SIGCONT)
+    assert frozen.proc.wait(timeout=20) == 1
+    assert any(e["event"] == "lease_lost" for e in frozen.events())
+    # The output is the rescuer's, and the frozen one filed and overwrote nothing.
+    assert json.loads((root.path / "analytic" / "a.analytic.json").read_text()) == output
+    assert root.names("completed") == ["a.mp4"] and root.names("pending") == []
+    assert root.report("a.mp4")["instance"] != frozen_name(frozen)
+    assert rescuer.stop() == 0
+
+
+def frozen_name(run: Running) -> str:
+    started = [e for e in run.events() if e["event"] == "started"]
+    return str(started[0]["instance"])
+
+
+# -- in-process: the loop driven one step at a time ------------------------------------
+
+
+def _daemon(root: Root, **overrides: object) -> Daemon:
+    root.configure(**{"stable_seconds": 1.0, "rescan_seconds": 3600, **overrides})
+    return Daemon(Worker(load_settings(root_flag=str(root.path))))
+
+
+def test_dead_observer_is_restarted_and_events_still_arrive(root: Root) -> None:
+    daemon = _daemon(root)
+    daemon.worker.start()
+    daemon._start_observer()
+    try:
+        assert daemon.step(now=0.0)
+        assert daemon._observer is not None
+        daemon._observer.stop()
+        daemon._observer.join()
+        assert not daemon.observer_alive()
+        daemon._next_health = 0.0
+        daemon.step(now=1.0)
+        assert daemon.observer_alive() and daemon.counters.observer_restarts == 1
+        root.drop("late.mp4")
+        wait_for(lambda: not daemon._inbox.empty(), timeout=5, what="an event")
+        daemon.step(now=2.0)
+        assert "late.mp4" in daemon.stability
+    finally:
+        daemon.worker.stopping.set()
+        daemon.shutdown()
+
+
+def test_event_handler_never_raises() -> None:
+    def explode(name: str) -> None:
+        raise RuntimeError("handler bug")
+
+    from watchdog.events import FileCreatedEvent
+
+    handler = PendingEvents(Path("/x/pending"), explode)
+    handler.dispatch(FileCreatedEvent("/x/pending/a.mp4"))  # logged, not raised
+
+
+def test_stability_clock_driven(root: Root) -> None:
+    daemon = _daemon(root, stable_seconds=2.0)
+    daemon.worker.layout.ensure()
+    target = root.drop("a.mp4")
+    daemon.rescan(now=100.0)
+    daemon.stability.check(now=101.0)
+    assert daemon.stability.ready_count == 0
+    with target.open("ab") as fh:
+        fh.write(b"more")
+    daemon.stability.check(now=102.0)  # changed: the clock restarts
+    assert daemon.stability.ready_count == 0
+    daemon.stability.check(now=103.5)
+    assert daemon.stability.ready_count == 0
+    daemon.stability.check(now=104.0)
+    assert daemon.stability.ready_count == 1
+
+
+@pytest.mark.timeout(240)
+def test_100k_pending_files_keep_the_queue_and_memory_bounded(root: Root) -> None:
+    daemon = _daemon(root, stable_seconds=0.0, workers=2)
+    daemon.worker.layout.ensure()
+    pending = root.folder("pending")
+    for i in range(100_000):
+        fd = os.open(pending / f"v{i:06d}.mp4", os.O_WRONLY | os.O_CREAT, 0o644)
+        os.write(fd, b"x")
+        os.close(fd)
+    tracemalloc.start()
+    try:
+        daemon.rescan(now=0.0)
+        daemon.stability.check(now=0.0)
+        daemon._dispatch(now=0.0)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert daemon._work.qsize() == 4  # 2 x workers, however many are pending
+    assert len(daemon.stability) == 100_000 - 4
+    assert peak < 64 * 1024 * 1024, f"peak {peak / 2**20:.0f} MiB"
+
+
+def test_filesystem_type_detection(tmp_path: Path) -> None:
+    assert filesystem_type(tmp_path) != ""
+    assert needs_polling(tmp_path) is False

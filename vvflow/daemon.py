@@ -1,0 +1,286 @@
+"""`vvflow run`: watch pending/, claim each video once it is whole, until a signal.
+
+The loop reads as one sentence: take the names events and rescans point at, check
+which are stable, hand those to the workers, keep the lease and the observer alive.
+`step(now)` is one iteration with the clock as a parameter, so tests drive it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from watchdog.observers.api import BaseObserver
+
+from vvflow import atomicfs, instance, logs
+from vvflow.events import Event
+from vvflow.layout import Candidate
+from vvflow.watcher import PendingEvents, Stability, make_observer
+from vvflow.worker import Worker
+
+HEALTH = ".health"
+#: How often the loop refreshes the health record, checks the observer and recovers.
+HEALTH_SECONDS = 2.0
+#: The loop's longest sleep; events wake it sooner.
+TICK_SECONDS = 0.05
+RET_OK = 0
+RET_LEASE_LOST = 1
+
+
+@dataclass
+class Counters:
+    by_event: int = 0
+    by_rescan: int = 0
+    rescans: int = 0
+    observer_restarts: int = 0
+
+
+class Daemon:
+    """The watcher, the queue and the worker threads of one `vvflow run` instance."""
+
+    def __init__(self, worker: Worker, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.worker = worker
+        self.settings = worker.settings
+        self.layout = worker.layout
+        self.clock = clock
+        self.stability = Stability(self.layout, self.settings.stable_seconds)
+        self.counters = Counters()
+        self._inbox: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._work: queue.Queue[Candidate | None] = queue.Queue()
+        self._inflight: set[str] = set()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._observer: BaseObserver | None = None
+        self.observer_kind = ""
+        self._next_rescan = 0.0
+        self._next_health = 0.0
+        self._next_recover = 0.0
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def start(self) -> None:
+        self.worker.start()
+        self.worker.recover()
+        self._start_observer()
+        for i in range(self.settings.workers):
+            thread = threading.Thread(target=self._work_loop, name=f"vvflow-worker-{i}")
+            thread.start()
+            self._threads.append(thread)
+
+    def _start_observer(self) -> None:
+        poll = min(self.settings.rescan_seconds, 1.0)
+        kind, observer = make_observer(self.settings.observer, self.layout.pending, poll)
+        handler = PendingEvents(self.layout.pending, self._notify)
+        try:
+            observer.schedule(handler, str(self.layout.pending), recursive=False)
+            observer.start()
+        except OSError as exc:
+            # inotify limits exhausted (max_user_instances/watches): rescans still work.
+            logs.event(Event.OBSERVER_FAILED, level=logging.ERROR, error=str(exc), kind=kind)
+            kind, observer = make_observer("polling", self.layout.pending, poll)
+            observer.schedule(handler, str(self.layout.pending), recursive=False)
+            observer.start()
+        self._observer, self.observer_kind = observer, kind
+        logs.event(Event.WATCHING, observer=kind, folder=str(self.layout.pending))
+
+    def _notify(self, name: str) -> None:
+        self._inbox.put(name)
+        self._wake.set()
+
+    def observer_alive(self) -> bool:
+        return self._observer is not None and self._observer.is_alive()
+
+    def run(self, stop_requested: Callable[[], bool]) -> int:
+        """Process until `stop_requested()`, then shut down cleanly; the exit code."""
+        self.start()
+        code = RET_OK
+        try:
+            while not stop_requested():
+                if not self.step():
+                    code = RET_LEASE_LOST
+                    break
+                self._wake.wait(TICK_SECONDS)
+                self._wake.clear()
+        finally:
+            self.shutdown()
+        return code
+
+    def shutdown(self) -> None:
+        """Stop claiming; give running stages the grace period; then stop them (their
+        videos go back to pending/); stop the observer and release the lease."""
+        self.worker.stopping.set()
+        while True:
+            try:
+                self._work.get_nowait()
+            except queue.Empty:
+                break
+        for _ in self._threads:
+            self._work.put(None)
+        deadline = time.monotonic() + self.settings.shutdown_grace_seconds
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if any(t.is_alive() for t in self._threads):
+            self.worker.cancel.set()
+            for thread in self._threads:
+                thread.join()
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+        self.worker.close()
+        logs.event(
+            Event.STOPPED,
+            instance=self.worker.id.name,
+            found_by_event=self.counters.by_event,
+            found_by_rescan=self.counters.by_rescan,
+            rescans=self.counters.rescans,
+            observer_restarts=self.counters.observer_restarts,
+        )
+
+    # -- one iteration ---------------------------------------------------------------
+
+    def step(self, now: float | None = None) -> bool:
+        """One pass of the loop; False when this instance lost its lease and must stop."""
+        now = self.clock() if now is None else now
+        if not self.worker.lease.held():
+            logs.event(
+                Event.LEASE_LOST,
+                level=logging.ERROR,
+                instance=self.worker.id.name,
+                error="another instance took over this instance's claims; stopping",
+            )
+            self.worker.cancel.set()
+            return False
+        self._drain_inbox(now)
+        if now >= self._next_rescan:
+            self.rescan(now)
+            self._next_rescan = now + self.settings.rescan_seconds
+        self.stability.check(now)
+        self._dispatch(now)
+        if now >= self._next_health:
+            self._next_health = now + HEALTH_SECONDS
+            self._keep_observer()
+            self._write_health()
+        if now >= self._next_recover:
+            self._next_recover = now + min(5.0, self.settings.lease_seconds / 3)
+            self.worker.recover()
+        return True
+
+    def _busy(self, name: str) -> bool:
+        with self._lock:
+            return name in self._inflight
+
+    def _drain_inbox(self, now: float) -> None:
+        while True:
+            try:
+                name = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if not self._busy(name) and self.stability.see(name, now):
+                self.counters.by_event += 1
+                logs.event(Event.SEEN, level=logging.DEBUG, video=name, source="event")
+
+    def rescan(self, now: float) -> None:
+        """Look at every entry of pending/: the backstop for lost or absent events."""
+        self.counters.rescans += 1
+        for name in self.layout.pending_names():
+            if name in self.stability or self._busy(name):
+                continue
+            if self.stability.see(name, now):
+                self.counters.by_rescan += 1
+                logs.event(Event.SEEN, level=logging.DEBUG, video=name, source="rescan")
+
+    def _dispatch(self, now: float) -> None:
+        """Hand stable candidates to the workers, keeping the queue short: memory stays
+        bounded however many files are pending, and the queue never holds a name twice."""
+        with self._lock:
+            room = 2 * self.settings.workers - len(self._inflight)
+        if room <= 0 or self.worker.stopping.is_set():
+            return
+        for candidate in self.stability.take(room, now):
+            with self._lock:
+                if candidate.name in self._inflight:
+                    continue
+                self._inflight.add(candidate.name)
+            self._work.put(candidate)
+
+    def _work_loop(self) -> None:
+        while True:
+            candidate = self._work.get()
+            if candidate is None:
+                return
+            try:
+                if not self.worker.stopping.is_set():
+                    self.worker.claim_and_run(candidate)
+            except Exception:
+                logs.event(
+                    Event.INTERNAL_ERROR, level=logging.ERROR, exc_info=True, video=candidate.name
+                )
+            finally:
+                with self._lock:
+                    self._inflight.discard(candidate.name)
+                self._wake.set()
+
+    def _keep_observer(self) -> None:
+        if self.observer_alive():
+            return
+        self.counters.observer_restarts += 1
+        logs.event(Event.OBSERVER_RESTARTED, level=logging.WARNING, observer=self.observer_kind)
+        if self._observer is not None:
+            self._observer.stop()
+        self._start_observer()
+        self._next_rescan = 0.0  # events were lost while it was down
+
+    def _write_health(self) -> None:
+        record = {
+            "instance": self.worker.id.name,
+            "pid": os.getpid(),
+            "observer": self.observer_kind,
+            "observer_alive": self.observer_alive(),
+            "updated": time.time(),
+            "tracked": len(self.stability),
+            "inflight": len(self._inflight),
+        }
+        try:
+            atomicfs.write_atomic(
+                self.worker.lease.folder / HEALTH, json.dumps(record).encode(), tmp_dir=None
+            )
+        except OSError as exc:
+            # A full disk must not stop the daemon; health then reads as stale.
+            logs.event(Event.REPORT_UNWRITABLE, level=logging.WARNING, error=str(exc))
+
+
+def check_health(processing: Path, lease_seconds: float) -> tuple[bool, str]:
+    """For `vvflow health`: a live `vvflow run` on this host with a live observer and a
+    fresh heartbeat."""
+    problems = []
+    try:
+        folders = sorted(p for p in processing.iterdir() if p.is_dir())
+    except FileNotFoundError:
+        return False, f"no storage root: {processing} is missing"
+    for folder in folders:
+        ident = instance.InstanceId.parse(folder.name)
+        if ident is None or not ident.is_running_here():
+            continue
+        try:
+            record = json.loads((folder / HEALTH).read_bytes())
+        except (OSError, ValueError):
+            continue  # not a daemon (a `once` or a `retry`), or not started yet
+        age = instance.heartbeat_age(folder)
+        stale = time.time() - float(record.get("updated", 0))
+        if not record.get("observer_alive"):
+            problems.append(f"{folder.name}: observer not running")
+        elif age is None or age > lease_seconds:
+            problems.append(f"{folder.name}: heartbeat stale ({age}s)")
+        elif stale > max(10 * HEALTH_SECONDS, lease_seconds):
+            problems.append(f"{folder.name}: health record {stale:.0f}s old")
+        else:
+            return True, f"{folder.name}: {record['observer']} observer alive, heartbeat {age:.1f}s"
+    return False, "; ".join(problems) or "no vvflow run instance is running on this host"
