@@ -1,0 +1,177 @@
+"""Real, tiny test videos generated with PyAV (libx264 + AAC), for every test suite.
+
+This is a test-support module, not a test file: import ``make_video``, ``make_truncated``
+and ``cut_frames`` from it.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+Frame = npt.NDArray[np.uint8]
+
+# Colours (RGB) far apart in hue, saturation and luma, so that every switch between two
+# neighbours is a hard cut for any detector, and one colour never drifts into the next.
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (200, 30, 30),  # red
+    (30, 60, 200),  # blue
+    (40, 180, 60),  # green
+    (235, 215, 40),  # yellow
+    (150, 40, 170),  # purple
+    (20, 20, 20),  # black
+    (240, 130, 20),  # orange
+    (235, 235, 235),  # white
+)
+PALETTE_NAMES: tuple[str, ...] = (
+    "red",
+    "blue",
+    "green",
+    "yellow",
+    "purple",
+    "black",
+    "orange",
+    "white",
+)
+
+AUDIO_RATE = 48_000
+AUDIO_TONE_HZ = 440.0
+# Scene i of the audio track has amplitude AUDIO_AMPLITUDE * AUDIO_STEP**i, so every
+# scene is about 6 dB quieter than the one before and loudness per scene is testable.
+AUDIO_AMPLITUDE = 0.5
+AUDIO_STEP = 0.5
+
+_CODEC_OPTIONS = {"preset": "ultrafast", "tune": "zerolatency", "crf": "20"}
+
+
+def cut_frames(*, seconds: float = 1.0, fps: int = 10, cuts: int = 0) -> list[int]:
+    """0-based numbers of the first frame after each hard cut that ``make_video`` makes."""
+    total = frame_total(seconds=seconds, fps=fps)
+    return [round(k * total / (cuts + 1)) for k in range(1, cuts + 1)]
+
+
+def frame_total(*, seconds: float = 1.0, fps: int = 10) -> int:
+    """Number of frames ``make_video`` writes for ``seconds`` at ``fps``."""
+    return max(1, round(seconds * fps))
+
+
+def segment_colour_names(cuts: int) -> list[str]:
+    """The background colour name of each segment of a video with ``cuts`` cuts."""
+    return [PALETTE_NAMES[i % len(PALETTE)] for i in range(cuts + 1)]
+
+
+def make_video(
+    path: Path,
+    *,
+    seconds: float = 1.0,
+    width: int = 160,
+    height: int = 120,
+    fps: int = 10,
+    cuts: int = 0,
+    text: str | None = None,
+    audio: bool = False,
+) -> Path:
+    """Write an H.264 video to ``path`` (container from the suffix) and return ``path``.
+
+    Each of the ``cuts + 1`` segments has its own background colour from ``PALETTE``,
+    shaded with blotches of its own, and a small square sliding across its top band,
+    so there is motion but no cut inside a segment. ``text`` is burnt into every
+    frame, large, white with a black outline, in the middle. ``audio`` adds a mono AAC
+    440 Hz tone that gets 6 dB quieter in each segment.
+    """
+    if width % 2 or height % 2:
+        raise ValueError("width and height must be even for yuv420p")
+    total = frame_total(seconds=seconds, fps=fps)
+    boundaries = [0, *cut_frames(seconds=seconds, fps=fps, cuts=cuts), total]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    options = {"movflags": "+faststart"} if path.suffix.lower() in {".mp4", ".mov"} else {}
+    with av.open(str(path), mode="w", options=options) as container:
+        video = container.add_stream("libx264", rate=fps)
+        video.width = width
+        video.height = height
+        video.pix_fmt = "yuv420p"
+        video.options = dict(_CODEC_OPTIONS)
+        sound = container.add_stream("aac", rate=AUDIO_RATE, layout="mono") if audio else None
+        for segment in range(cuts + 1):
+            for number in range(boundaries[segment], boundaries[segment + 1]):
+                image = _frame(number, total, segment, size=(width, height), text=text)
+                frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+                frame.pts = number
+                frame.time_base = Fraction(1, fps)
+                container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+        if sound is not None:
+            _write_tone(container, sound, boundaries, fps)
+    return path
+
+
+def make_truncated(src: Path, dst: Path) -> Path:
+    """Copy the first half of the bytes of ``src`` to ``dst``, as an interrupted copy would."""
+    data = src.read_bytes()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_bytes(data[: len(data) // 2])
+    return dst
+
+
+def _frame(
+    number: int, total: int, segment: int, *, size: tuple[int, int], text: str | None
+) -> Frame:
+    width, height = size
+    colour = PALETTE[segment % len(PALETTE)]
+    # Blotchy shading, seeded by the segment, changes the structure at a cut too, not
+    # only the colour, so structure-based detectors (hash) see the cut as well.
+    blotches = np.random.default_rng(segment).uniform(0.4, 1.0, (6, 8)).astype(np.float32)
+    shade = cv2.resize(blotches, (width, height), interpolation=cv2.INTER_LINEAR)
+    image = np.clip(shade[..., None] * np.array(colour, np.float32), 0, 255).astype(np.uint8)
+    side = max(4, height // 8)
+    x = round((width - side) * number / max(1, total - 1))
+    # A darker shade of the background: visible motion that no detector takes for a cut.
+    image[2 : 2 + side, x : x + side] = [c // 2 for c in colour]
+    if text:
+        _burn_text(image, text)
+    return image
+
+
+def _burn_text(image: Frame, text: str) -> None:
+    height, width = image.shape[:2]
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    thickness = max(2, height // 60)
+    # Scale the text to span about 80% of the width, capped so it fits the height.
+    (text_w, text_h), _ = cv2.getTextSize(text, font, 1.0, thickness)
+    scale = min(0.8 * width / text_w, 0.35 * height / text_h)
+    thickness = max(2, round(thickness * scale))
+    (text_w, text_h), _ = cv2.getTextSize(text, font, scale, thickness)
+    origin = ((width - text_w) // 2, (height + text_h) // 2 + height // 10)
+    cv2.putText(image, text, origin, font, scale, (0, 0, 0), thickness + 4, cv2.LINE_AA)
+    cv2.putText(image, text, origin, font, scale, (255, 255, 255), thickness, cv2.LINE_AA)
+
+
+def _write_tone(
+    container: av.container.OutputContainer,
+    sound: av.AudioStream,
+    boundaries: list[int],
+    fps: int,
+) -> None:
+    samples_total = round(boundaries[-1] * AUDIO_RATE / fps)
+    t = np.arange(samples_total, dtype=np.float64) / AUDIO_RATE
+    amplitude = np.empty(samples_total, dtype=np.float64)
+    for segment in range(len(boundaries) - 1):
+        start = round(boundaries[segment] * AUDIO_RATE / fps)
+        end = round(boundaries[segment + 1] * AUDIO_RATE / fps)
+        amplitude[start:end] = AUDIO_AMPLITUDE * AUDIO_STEP**segment
+    wave = (amplitude * np.sin(2 * math.pi * AUDIO_TONE_HZ * t)).astype(np.float32)
+    chunk = 1024
+    for start in range(0, samples_total, chunk):
+        piece = wave[start : start + chunk].reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(piece, format="fltp", layout="mono")
+        frame.sample_rate = AUDIO_RATE
+        frame.pts = start
+        frame.time_base = Fraction(1, AUDIO_RATE)
+        container.mux(sound.encode(frame))
+    container.mux(sound.encode(None))

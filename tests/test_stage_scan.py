@@ -1,0 +1,302 @@
+"""The scan stage on real generated videos: shots, metadata, keyframes, bad input."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import av
+import cv2
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from tests.media import (
+    PALETTE,
+    PALETTE_NAMES,
+    cut_frames,
+    frame_total,
+    make_truncated,
+    make_video,
+    segment_colour_names,
+)
+from tests.stage_support import run_stage
+from vvflow.stages import STAGES
+
+
+def nearest_palette_colour(bgr: npt.NDArray[np.uint8]) -> str:
+    """The name of the PALETTE colour whose hue the image's mean colour is closest to."""
+    mean = bgr.reshape(-1, 3).mean(axis=0)[::-1]
+    unit = mean / np.linalg.norm(mean)
+    scores = [float(unit @ (np.array(c) / np.linalg.norm(c))) for c in PALETTE]
+    return PALETTE_NAMES[int(np.argmax(scores))]
+
+
+def scan(video: Path, output: Path, *extra: str) -> dict[str, Any]:
+    code = STAGES["scan"]([str(video), str(output), *extra])
+    assert code == 0
+    document: dict[str, Any] = json.loads(output.read_text())
+    return document
+
+
+@pytest.fixture(autouse=True)
+def _no_pipeline_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("VVFLOW_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "fps", "cuts", "size", "suffix"),
+    [
+        (3.0, 10, 2, (160, 120), ".mp4"),
+        (2.0, 25, 3, (320, 240), ".mkv"),
+        (2.4, 24, 5, (160, 120), ".mov"),
+    ],
+)
+def test_every_hard_cut_is_found_within_one_frame_and_no_other(
+    tmp_path: Path,
+    seconds: float,
+    fps: int,
+    cuts: int,
+    size: tuple[int, int],
+    suffix: str,
+) -> None:
+    video = make_video(
+        tmp_path / f"cuts{suffix}",
+        seconds=seconds,
+        fps=fps,
+        cuts=cuts,
+        width=size[0],
+        height=size[1],
+    )
+    expected = cut_frames(seconds=seconds, fps=fps, cuts=cuts)
+    total = frame_total(seconds=seconds, fps=fps)
+
+    document = scan(video, tmp_path / "cuts.analytic.json", "--min-scene-seconds", "0.2")
+
+    scenes = document["scenes"]
+    assert len(scenes) == cuts + 1
+    found = [scene["start_frame"] for scene in scenes[1:]]
+    assert all(abs(a - b) <= 1 for a, b in zip(found, expected, strict=True)), (found, expected)
+    assert scenes[0]["start_frame"] == 0
+    assert scenes[-1]["end_frame"] == total
+    for before, after in itertools.pairwise(scenes):
+        assert before["end_frame"] == after["start_frame"]
+        assert before["end_s"] == after["start_s"]
+    for scene, cut in zip(scenes[1:], expected, strict=True):
+        assert scene["start_s"] == pytest.approx(cut / fps, abs=1.01 / fps)
+    assert [scene["index"] for scene in scenes] == list(range(1, cuts + 2))
+
+
+def test_video_without_cut_is_one_scene_spanning_it(tmp_path: Path) -> None:
+    video = make_video(tmp_path / "still.mp4", seconds=2.0, fps=10)
+
+    document = scan(video, tmp_path / "still.analytic.json")
+
+    assert document["scene_count"] == 1
+    (scene,) = document["scenes"]
+    assert (scene["start_frame"], scene["end_frame"]) == (0, 20)
+    assert (scene["start_s"], scene["end_s"]) == (0.0, 2.0)
+    assert scene["start_timecode"] == "00:00:00.000"
+    assert scene["end_timecode"] == "00:00:02.000"
+
+
+def test_metadata_of_video_and_audio_streams(tmp_path: Path) -> None:
+    video = make_video(
+        tmp_path / "meta.mkv", seconds=2.0, width=320, height=240, fps=25, audio=True
+    )
+
+    document = scan(video, tmp_path / "meta.analytic.json")
+
+    assert document["schema_version"] == 1
+    assert document["source"] == {"path": str(video), "name": "meta.mkv", "stem": "meta"}
+    assert document["container"]["format"] == "matroska,webm"
+    assert document["container"]["size_bytes"] == video.stat().st_size
+    assert document["duration_s"] == pytest.approx(2.0, abs=0.1)
+    stream = document["video"]
+    assert (stream["codec"], stream["width"], stream["height"]) == ("h264", 320, 240)
+    assert stream["fps"] == 25.0
+    assert stream["frame_count"] == 50
+    (audio,) = document["audio_streams"]
+    assert (audio["codec"], audio["sample_rate"], audio["channels"]) == ("aac", 48000, 1)
+    assert document["detection"]["detector"] == "content"
+
+
+def test_keyframes_and_contact_sheet_under_root_with_relative_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "root"
+    video = make_video(tmp_path / "in" / "clip.mp4", seconds=3.0, cuts=2)
+    work = root / "input" / "processing" / "host-1"
+    work.mkdir(parents=True)
+    monkeypatch.setenv("VVFLOW_ROOT", str(root))
+    monkeypatch.setenv("VVFLOW_STEM", "clip-2")
+
+    document = scan(video, work / "clip-2.analytic.json")
+
+    folder = root / "keyframes" / "clip-2"
+    assert document["keyframes_dir"] == "keyframes/clip-2"
+    assert document["contact_sheet"] == "keyframes/clip-2/contact-sheet.jpg"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "contact-sheet.jpg",
+        "scene-001.jpg",
+        "scene-002.jpg",
+        "scene-003.jpg",
+    ]
+    for scene, colour in zip(document["scenes"], segment_colour_names(2), strict=True):
+        assert scene["keyframe"] == f"keyframes/clip-2/scene-{scene['index']:03d}.jpg"
+        assert scene["start_frame"] <= scene["keyframe_frame"] < scene["end_frame"]
+        image = cv2.imread(str(root / scene["keyframe"]))
+        assert image is not None
+        assert image.shape == (120, 160, 3)
+        assert nearest_palette_colour(image.astype(np.uint8)) == colour
+    sheet = cv2.imread(str(root / document["contact_sheet"]))
+    assert sheet is not None
+    assert sheet.shape[1] > 2 * 160
+    assert not [p for p in (root / "keyframes").iterdir() if p.name.startswith(".")]
+
+
+def test_by_hand_keyframes_go_next_to_output_or_to_the_given_folder(tmp_path: Path) -> None:
+    video = make_video(tmp_path / "hand.mp4", seconds=1.0)
+    out = tmp_path / "out"
+
+    document = scan(video, out / "hand.analytic.json")
+    assert document["scenes"][0]["keyframe"] == "keyframes/hand/scene-001.jpg"
+    assert (out / "keyframes" / "hand" / "contact-sheet.jpg").is_file()
+
+    elsewhere = tmp_path / "elsewhere" / "kf"
+    document = scan(video, out / "hand.analytic.json", "--keyframes-dir", str(elsewhere))
+    assert document["contact_sheet"] == str(elsewhere / "contact-sheet.jpg")
+    assert (elsewhere / "scene-001.jpg").is_file()
+
+
+def test_rerun_replaces_the_keyframe_set_and_clears_leftovers(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    folder = out / "keyframes" / "v"
+    scan(make_video(tmp_path / "v.mp4", seconds=3.0, cuts=2), out / "v.analytic.json")
+    assert len(list(folder.glob("scene-*.jpg"))) == 3
+    leftover = out / "keyframes" / ".v.tmp-999-dead"  # what a SIGKILLed run leaves
+    leftover.mkdir()
+    (leftover / "scene-001.jpg").write_bytes(b"half")
+
+    scan(make_video(tmp_path / "v.mp4", seconds=1.0), out / "v.analytic.json")
+
+    assert sorted(p.name for p in folder.iterdir()) == ["contact-sheet.jpg", "scene-001.jpg"]
+    assert [p.name for p in (out / "keyframes").iterdir()] == ["v"]
+
+
+def test_options_come_from_flags_else_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    video = make_video(tmp_path / "opt.mp4", seconds=3.0, cuts=2)
+    monkeypatch.setenv("VVFLOW_SCAN_MIN_SCENE_SECONDS", "1.5")
+    monkeypatch.setenv("VVFLOW_SCAN_DETECTOR", "adaptive")
+
+    document = scan(video, tmp_path / "a.analytic.json")
+    # Scenes of 1 s are shorter than the minimum: the second cut is the only one kept.
+    assert [s["start_frame"] for s in document["scenes"]] == [0, 20]
+    assert document["detection"]["detector"] == "adaptive"
+    assert document["detection"]["min_scene_seconds"] == 1.5
+
+    document = scan(
+        video, tmp_path / "b.analytic.json", "--detector", "hash", "--min-scene-seconds", "0.3"
+    )
+    assert [s["start_frame"] for s in document["scenes"]] == [0, 10, 20]
+    assert document["detection"] == {
+        "detector": "hash",
+        "threshold": 0.395,
+        "min_scene_seconds": 0.3,
+        "backend": "opencv",
+    }
+
+
+def test_cli_writes_the_output_and_exits_zero(tmp_path: Path) -> None:
+    video = make_video(tmp_path / "cli.mp4", seconds=2.0, cuts=1)
+    output = tmp_path / "cli.analytic.json"
+
+    result = run_stage("scan", video, output)
+
+    assert result.returncode == 0, result.stderr
+    assert (result.stdout, result.stderr) == ("", "")
+    assert json.loads(output.read_text())["scene_count"] == 2
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def _truncated_mp4(tmp_path: Path) -> Path:
+    return make_truncated(make_video(tmp_path / "t.mp4", seconds=3.0), tmp_path / "half.mp4")
+
+
+def _truncated_mkv(tmp_path: Path) -> Path:
+    return make_truncated(make_video(tmp_path / "t.mkv", seconds=3.0), tmp_path / "half.mkv")
+
+
+def _zero_bytes(tmp_path: Path) -> Path:
+    path = tmp_path / "empty.mp4"
+    path.touch()
+    return path
+
+
+def _text_file(tmp_path: Path) -> Path:
+    path = tmp_path / "notes.mp4"
+    path.write_text("this is not a video\n" * 50)
+    return path
+
+
+def _missing(tmp_path: Path) -> Path:
+    return tmp_path / "gone.mp4"
+
+
+def _audio_only(tmp_path: Path) -> Path:
+    path = tmp_path / "sound.m4a"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=48000, layout="mono")
+        frame = av.AudioFrame.from_ndarray(
+            np.zeros((1, 48000), dtype=np.float32), format="fltp", layout="mono"
+        )
+        frame.sample_rate = 48000
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make_input", "reason"),
+    [
+        (_truncated_mp4, "truncated"),
+        (_truncated_mkv, "truncated"),
+        (_zero_bytes, "empty file"),
+        (_text_file, "not a readable video"),
+        (_missing, "no such file"),
+        (_audio_only, "no video stream"),
+    ],
+)
+def test_bad_input_exits_65_with_one_clear_line(
+    tmp_path: Path, make_input: Callable[[Path], Path], reason: str
+) -> None:
+    video = make_input(tmp_path)
+    output = tmp_path / "out" / "bad.analytic.json"
+
+    result = run_stage("scan", video, output)
+
+    assert result.returncode == 65
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("vvflow stage scan: bad input: ")
+    assert reason in lines[0]
+    assert not output.exists()
+    assert not (tmp_path / "out" / "keyframes").exists() or not any(
+        (tmp_path / "out" / "keyframes").rglob("*")
+    )
+
+
+def test_usage_error_exits_2(tmp_path: Path) -> None:
+    assert run_stage("scan", tmp_path / "only-one-argument").returncode == 2
+    result = run_stage("scan", "a.mp4", "b.json", env={"VVFLOW_SCAN_DETECTOR": "nope"})
+    assert result.returncode == 2
+    assert "unknown detector 'nope'" in result.stderr
