@@ -14,7 +14,15 @@ import tomllib
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -38,6 +46,12 @@ OUTPUT_PLACEHOLDERS = ("name", "stem")
 DEFAULT_EXTENSIONS = (
     ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".wmv", ".flv", ".mpg", ".mpeg",
     ".ts", ".mts", ".m2ts", ".mxf", ".3gp", ".ogv",
+)  # fmt: skip
+
+#: Settings passed to stage processes as VVFLOW_<FIELD> environment variables.
+STAGE_OPTION_FIELDS = (
+    "scan_detector", "scan_threshold", "scan_min_scene_seconds",
+    "llm_base_url", "llm_model", "llm_api_key", "llm_timeout_seconds",
 )  # fmt: skip
 
 _STAGE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -142,6 +156,28 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(default=20.0, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     stages: list[StageConfig] = Field(default_factory=builtin_stages)
+
+    # Options of the built-in stages. They reach every stage process as the environment
+    # variables of the same name (VVFLOW_SCAN_DETECTOR, VVFLOW_LLM_BASE_URL, ...), which
+    # is how `vvflow stage ...` reads them.
+    scan_detector: Literal["content", "adaptive", "threshold", "hash"] | None = None
+    scan_threshold: float | None = Field(default=None, gt=0)
+    scan_min_scene_seconds: float | None = Field(default=None, ge=0)
+    llm_base_url: str | None = None
+    llm_model: str | None = None
+    llm_api_key: SecretStr | None = None
+    llm_timeout_seconds: float | None = Field(default=None, gt=0)
+
+    def stage_environment(self) -> dict[str, str]:
+        """The built-in stage options that are set, as environment variables."""
+        env = {}
+        for field in STAGE_OPTION_FIELDS:
+            value = getattr(self, field)
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            if value is not None:
+                env[f"VVFLOW_{field.upper()}"] = str(value)
+        return env
 
     @field_validator("extensions", mode="before")
     @classmethod

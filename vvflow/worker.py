@@ -49,7 +49,9 @@ class Worker:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.layout = Layout(settings.root, settings.extensions)
-        self.pipeline = Pipeline(settings.stages, settings.root)
+        self.pipeline = Pipeline(
+            settings.stages, settings.root, extra_env=settings.stage_environment()
+        )
         self.id = instance.InstanceId.current()
         self.lease = instance.Lease(self.layout.processing / self.id.name, settings.lease_seconds)
         #: Set when no new video may be claimed (shutdown requested).
