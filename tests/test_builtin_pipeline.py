@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import Root
-from tests.media import make_video, make_truncated
+from tests.media import make_truncated, make_video
 from tests.stage_support import chat_server, closed_port_url, completion
 
 
