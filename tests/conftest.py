@@ -37,9 +37,14 @@ class Root:
         return self.path / "input" / state
 
     def drop(self, name: str, data: bytes | None = None) -> Path:
+        """Put a video into pending/. Without `data`, each name gets its own content
+        (the sample video plus a trailing tag), so that content identity never makes
+        two test videos one; pass `data` to drop the same bytes twice."""
         target = self.folder("pending") / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(self.video_bytes if data is None else data)
+        if data is None:
+            data = self.video_bytes + b"\0vvflow-test:" + os.fsencode(name)
+        target.write_bytes(data)
         return target
 
     def names(self, state: str) -> list[str]:

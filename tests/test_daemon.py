@@ -99,7 +99,7 @@ def test_rename_into_pending_is_caught_and_temp_names_never(
     os.rename(pending / ".clip.mp4.Xy12ab", pending / "clip.mp4")
     # mv from elsewhere on the same filesystem.
     outside = root.path / "staging.mkv"
-    outside.write_bytes(root.video_bytes)
+    outside.write_bytes(root.video_bytes + b"another video")
     os.rename(outside, pending / "moved.mkv")
     wait_for(lambda: root.names("completed") == ["clip.mp4", "moved.mkv"], what="renamed videos")
     assert sorted(os.listdir(pending)) == ["download.mp4.part"]

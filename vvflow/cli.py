@@ -189,6 +189,8 @@ def _cmd_retry(settings: Settings, names: list[str], *, every: bool, from_start:
             if rep is not None:
                 if from_start:
                     rep.stages.clear()
+                    rep.dedupe = False
+                    rep.duplicate_of = None
                 rep.state = State.PENDING
                 rep.failed_stage = None
                 rep.error = None

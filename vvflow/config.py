@@ -155,6 +155,7 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=60.0, ge=1)
     shutdown_grace_seconds: float = Field(default=20.0, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    dedupe: bool = True
     stages: list[StageConfig] = Field(default_factory=builtin_stages)
 
     # Options of the built-in stages. They reach every stage process as the environment

@@ -343,9 +343,12 @@ class Layout:
                 returned.append(self._move(path, self.pending, path.name, journal))
         shutil.rmtree(folder / WORK, ignore_errors=True)
         shutil.rmtree(folder / MOVES, ignore_errors=True)
-        for leftover in folder.glob(".*"):
-            with contextlib.suppress(OSError):
-                leftover.unlink()
+        for leftover in folder.glob(".*"):  # heartbeat, health, digest markers, ...
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
         with contextlib.suppress(OSError):
             folder.rmdir()
         atomicfs.fsync_dir(self.processing)

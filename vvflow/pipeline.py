@@ -156,7 +156,7 @@ class Pipeline:
             try:
                 tmp = self._run_stage(stage, job, report, outputs, cancel, save, guard)
                 guard()
-                _publish(tmp, final)
+                publish(tmp, final)
             except StageError as exc:
                 record.status = StageStatus.FAILED
                 record.error = str(exc)
@@ -419,7 +419,7 @@ def _nonempty_file(path: Path) -> bool:
     return stat.S_ISREG(st.st_mode) and st.st_size > 0
 
 
-def _publish(tmp: Path, final: Path) -> None:
+def publish(tmp: Path, final: Path) -> None:
     """Make a stage's finished temporary output its final output, whole, in one rename.
 
     The final path belongs to this video alone (its stem is unique among all videos),

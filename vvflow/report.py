@@ -85,6 +85,12 @@ class Report(BaseModel):
     stages: dict[str, StageRecord] = Field(default_factory=dict)
     failed_stage: str | None = None
     error: str | None = None
+    #: SHA-256 of the content, computed once when first claimed (with `dedupe`).
+    sha256: str | None = None
+    #: The completed video with the same content whose outputs this one reuses.
+    duplicate_of: str | None = None
+    #: False after `retry --from-start`: run every stage even if the content is known.
+    dedupe: bool = True
 
     def stage(self, name: str) -> StageRecord:
         return self.stages.setdefault(name, StageRecord())

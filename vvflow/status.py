@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from vvflow import instance, report
+from vvflow.dedupe import DigestIndex
 from vvflow.layout import Layout, State
 
 
@@ -40,6 +41,7 @@ def collect(layout: Layout, lease_seconds: float) -> dict[str, Any]:
         State.PROCESSING.value: len(processing),
         State.COMPLETED.value: sum(1 for _ in layout.files_in(State.COMPLETED)),
         State.FAILED.value: len(failed),
+        "duplicates": DigestIndex(layout).duplicate_count(),
         "failures": failures,
         "ignored": [{"name": i.name, "reason": i.reason} for i in ignored],
         "processing_names": processing,
@@ -51,6 +53,9 @@ def render(data: dict[str, Any]) -> str:
     lines = [f"root        {data['root']}"]
     for state in State:
         lines.append(f"{state.value:<11} {data[state.value]}")
+    lines.append(
+        f"{'duplicates':<11} {data['duplicates']}  (completed from another video's outputs)"
+    )
     if data["failures"]:
         lines.append("failures:")
         for f in data["failures"]:

@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vvflow import instance, logs, report
+from vvflow import dedupe, instance, logs, report
 from vvflow.config import Settings
 from vvflow.errors import Cancelled, LeaseLost, StageError
 from vvflow.events import Event
-from vvflow.layout import MOVES, WORK, Candidate, Claim, Layout, State
-from vvflow.pipeline import Job, Pipeline
+from vvflow.layout import MOVES, WORK, Candidate, Claim, Layout, State, split_name
+from vvflow.pipeline import Job, Pipeline, publish
+from vvflow.report import StageStatus
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class Worker:
         )
         self.id = instance.InstanceId.current()
         self.lease = instance.Lease(self.layout.processing / self.id.name, settings.lease_seconds)
+        self.index = dedupe.DigestIndex(self.layout, settings.lease_seconds)
         #: Set when no new video may be claimed (shutdown requested).
         self.stopping = threading.Event()
         #: Set when running stages must be stopped and their videos returned.
@@ -69,6 +71,8 @@ class Worker:
         output_dirs = {p.parent for p in self.pipeline.output_paths("x", "x").values()}
         self.layout.ensure(output_dirs)
         self.lease.acquire()
+        if self.settings.dedupe and self.index.ensure():
+            logs.event(Event.INDEX_REBUILT, folder=str(self.index.folder))
         logs.event(Event.STARTED, instance=self.id.name, root=str(self.layout.root))
 
     def close(self) -> None:
@@ -77,8 +81,11 @@ class Worker:
         with contextlib.suppress(OSError):
             self.journal.rmdir()
         for bookkeeping in self.lease.folder.glob(".*"):
-            with contextlib.suppress(OSError):
-                bookkeeping.unlink()
+            if bookkeeping.is_dir() and not bookkeeping.is_symlink():
+                shutil.rmtree(bookkeeping, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    bookkeeping.unlink()
         with contextlib.suppress(OSError):
             self.lease.folder.rmdir()
 
@@ -185,14 +192,25 @@ class Worker:
             instance=self.id.name,
         )
         state = State.FAILED
+        marker: Path | None = None
         try:
             workspace.mkdir(parents=True, exist_ok=True)
             save()
-            job = Job(claim.path, claim.name, claim.stem, self.layout.root, workspace)
-            self.pipeline.run(
-                job, rep, save=save, guard=lambda: self._guard(claim), cancel=self.cancel
-            )
+            original = None
+            if self.settings.dedupe and rep.dedupe:
+                original, marker = self._find_original(claim, rep, save)
+            if original is None or not self._reuse(claim, rep, original, workspace, save):
+                job = Job(claim.path, claim.name, claim.stem, self.layout.root, workspace)
+                self.pipeline.run(
+                    job, rep, save=save, guard=lambda: self._guard(claim), cancel=self.cancel
+                )
             state = State.COMPLETED
+            if rep.sha256 is not None and self.settings.dedupe:
+                # Before the move: a crash after it must not leave an original unindexed.
+                if rep.duplicate_of is None:
+                    self.index.record(rep.sha256, claim.name, tmp_dir=workspace)
+                else:
+                    self.index.record_duplicate(claim.name)
         except StageError:
             state = State.FAILED
         except Cancelled:
@@ -200,6 +218,7 @@ class Worker:
         except LeaseLost as exc:
             logs.event(Event.LEASE_LOST, level=logging.WARNING, video=claim.name, error=str(exc))
             shutil.rmtree(workspace, ignore_errors=True)
+            self.index.release(marker)
             return None
         except OSError as exc:
             # The storage itself failed (full disk, I/O error): file the video as failed
@@ -226,6 +245,7 @@ class Worker:
             return None
         finally:
             shutil.rmtree(workspace, ignore_errors=True)
+            self.index.release(marker)
         event = {
             State.COMPLETED: Event.COMPLETED,
             State.FAILED: Event.FAILED,
@@ -241,6 +261,84 @@ class Worker:
         level = logging.WARNING if state == State.FAILED else logging.INFO
         logs.event(event, level=level, **fields)
         return Outcome(claim.name, state, rep.error)
+
+    # -- content identity ------------------------------------------------------------
+
+    def _find_original(
+        self, claim: Claim, rep: report.Report, save: Callable[[], None]
+    ) -> tuple[report.Report | None, Path | None]:
+        """Hash the video (once: the digest is kept in its report) and find a completed
+        video with the same content. While another video with it is running, wait for
+        it. Returns the original, or the marker that makes this video the one to run."""
+        if rep.sha256 is None:
+            started = time.monotonic()
+            rep.sha256 = dedupe.sha256_file(claim.path, self.cancel)
+            save()
+            logs.event(
+                Event.HASHED,
+                video=claim.name,
+                sha256=rep.sha256,
+                size=claim.identity.size,
+                duration_s=time.monotonic() - started,
+            )
+        waiting_since: float | None = None
+        while True:
+            original = self.index.lookup(rep.sha256, exclude=claim.name)
+            if original is not None:
+                return original, None
+            marker = self.index.acquire(rep.sha256, self.lease.folder)
+            if marker is not None:
+                original = self.index.lookup(rep.sha256, exclude=claim.name)
+                if original is not None:
+                    self.index.release(marker)
+                    return original, None
+                return None, marker
+            if waiting_since is None:
+                waiting_since = time.monotonic()
+                logs.event(Event.WAITING_FOR_ORIGINAL, video=claim.name, sha256=rep.sha256)
+            if self.cancel.wait(0.2):
+                raise Cancelled("shutdown requested while waiting for the original")
+            self._guard(claim)
+
+    def _reuse(
+        self,
+        claim: Claim,
+        rep: report.Report,
+        original: report.Report,
+        workspace: Path,
+        save: Callable[[], None],
+    ) -> bool:
+        """Give a duplicate the original's outputs; False (run the stages) when one of
+        them is gone."""
+        started = time.monotonic()
+        old_stem = split_name(original.name)[0]
+        names = (original.name, claim.name, old_stem, claim.stem)
+        sources = self.pipeline.output_paths(original.name, old_stem)
+        targets = self.pipeline.output_paths(claim.name, claim.stem)
+        if not all(path.is_file() for path in sources.values()):
+            return False
+        for stage, source in sources.items():
+            tmp = workspace / targets[stage].name
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            dedupe.derive_output(source, tmp, names)
+            self._guard(claim)
+            publish(tmp, targets[stage])
+            record = rep.stage(stage)
+            record.status = StageStatus.SUCCEEDED
+            record.output = os.path.relpath(targets[stage], self.layout.root)
+            record.identity = rep.identity
+            record.error = None
+        rep.duplicate_of = original.name
+        save()
+        logs.event(
+            Event.DUPLICATE,
+            video=claim.name,
+            duplicate_of=original.name,
+            sha256=rep.sha256,
+            duration_s=time.monotonic() - started,
+        )
+        return True
 
     # -- burst mode ----------------------------------------------------------------
 
