@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -72,10 +73,11 @@ def running(root: Root, tmp_path: Path) -> Iterator[Callable[..., Running]]:
         run.close()
 
 
+@pytest.mark.parametrize("observer", ["inotify", "polling"])
 def test_dropped_video_is_processed_on_its_event(
-    root: Root, running: Callable[..., Running]
+    root: Root, running: Callable[..., Running], observer: str
 ) -> None:
-    root.configure(stable_seconds=0.3, rescan_seconds=3600)
+    root.configure(stable_seconds=0.3, rescan_seconds=3600, observer=observer)
     run = running()
     root.drop("a.mp4")
     wait_for(lambda: root.names("completed") == ["a.mp4"], what="a.mp4 completed")
@@ -337,3 +339,115 @@ def test_100k_pending_files_keep_the_queue_and_memory_bounded(root: Root) -> Non
 def test_filesystem_type_detection(tmp_path: Path) -> None:
     assert filesystem_type(tmp_path) != ""
     assert needs_polling(tmp_path) is False
+
+
+def _first_stage_size(root: Root, name: str) -> int:
+    stem = os.path.splitext(name)[0]
+    data = json.loads((root.path / "analytic" / f"{stem}.analytic.json").read_text())
+    return int(data["size"])
+
+
+@pytest.mark.parametrize("observer", ["inotify", "polling"])
+def test_every_way_of_arriving_is_processed_once_and_whole(
+    root: Root, running: Callable[..., Running], observer: str
+) -> None:
+    root.configure(stable_seconds=1.2, rescan_seconds=2, observer=observer)
+    run = running()
+    pending = root.folder("pending")
+    big = root.video_bytes * 40  # a few hundred KiB, so a copy takes a moment
+    sources = {}
+    for name in ("cp.mp4", "mv.mp4", "rsync.mp4", "link.mp4", "slow.mp4"):
+        sources[name] = big + name.encode()
+    staging = root.path / "staging"  # same filesystem, outside pending/
+    staging.mkdir()
+    for name, data in sources.items():
+        (staging / name).write_bytes(data)
+    shutil.copyfile(staging / "cp.mp4", pending / "cp.mp4")
+    os.rename(staging / "mv.mp4", pending / "mv.mp4")
+    if shutil.which("rsync"):
+        subprocess.run(["rsync", str(staging / "rsync.mp4"), str(pending) + "/"], check=True)
+    else:
+        sources.pop("rsync.mp4")
+    os.link(staging / "link.mp4", pending / "link.mp4")
+    with (pending / "slow.mp4").open("wb") as fh:
+        data = sources["slow.mp4"]
+        step = len(data) // 6 + 1
+        for offset in range(0, len(data), step):  # a chunk every 0.5 s
+            fh.write(data[offset : offset + step])
+            fh.flush()
+            time.sleep(0.5)
+            assert "slow.mp4" not in root.names("processing") + root.names("completed")
+    wait_for(lambda: root.names("completed") == sorted(sources), timeout=60, what="arrivals")
+    for name, data in sources.items():
+        assert _first_stage_size(root, name) == len(data), name
+        assert (root.folder("completed") / name).read_bytes() == data
+    runs = Counter((r["video"], r["stage"]) for r in root.runs())
+    assert set(runs.values()) == {1} and len(runs) == 3 * len(sources)
+    assert run.stop() == 0
+
+
+def test_kill_9_of_run_mid_stage_then_restart_completes(
+    root: Root, running: Callable[..., Running]
+) -> None:
+    root.configure(root.three_stages("ok", "sleep:2", "ok"), stable_seconds=0)
+    first = running()
+    root.drop("a.mp4")
+    wait_for(lambda: any(r["stage"] == "summarize" for r in root.runs()), what="summarize")
+    first.proc.kill()
+    first.proc.wait()
+    assert root.names("processing") == ["a.mp4"]
+    second = running()
+    wait_for(lambda: root.names("completed") == ["a.mp4"], what="completion after restart")
+    assert second.stop() == 0
+    # scan completed before the kill and is not run again; summarize ran twice (it was
+    # killed), logline once.
+    assert Counter(r["stage"] for r in root.runs()) == {"scan": 1, "summarize": 2, "logline": 1}
+    third = running()
+    time.sleep(1.0)
+    assert third.stop() == 0
+    assert len(root.runs()) == 4
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(("instances", "videos"), [(2, 200), (4, 300)])
+def test_several_instances_run_each_stage_exactly_once(
+    root: Root, running: Callable[..., Running], instances: int, videos: int
+) -> None:
+    root.configure(stable_seconds=0.2, rescan_seconds=1)
+    runs = [running() for _ in range(instances)]
+    names = [f"clip {i:04d}.mp4" for i in range(videos)]
+    for name in names:
+        root.drop(name)
+    wait_for(lambda: len(root.names("completed")) == videos, timeout=240, what="all videos")
+    for run in runs:
+        assert run.stop() == 0
+    assert root.names("completed") == names
+    counts = Counter((r["video"], r["stage"]) for r in root.runs())
+    assert len(counts) == 3 * videos and set(counts.values()) == {1}
+    assert len({root.report(n)["instance"] for n in names}) == instances
+
+
+@pytest.mark.timeout(120)
+def test_a_burst_that_overflows_the_inotify_queue_is_fully_processed(
+    root: Root, running: Callable[..., Running]
+) -> None:
+    knob = Path("/proc/sys/fs/inotify/max_queued_events")
+    if os.geteuid() != 0 or not knob.exists():
+        pytest.skip("needs root to lower fs.inotify.max_queued_events")
+    root.configure([root.stage("scan")], stable_seconds=0.2, rescan_seconds=2,
+                   observer="inotify", workers=2)  # fmt: skip
+    saved = knob.read_text()
+    try:
+        knob.write_text("16\n")  # read when the observer's inotify instance is made
+        run = running()
+    finally:
+        knob.write_text(saved)
+    names = [f"burst{i:03d}.mp4" for i in range(200)]
+    for name in names:
+        root.drop(name)
+    wait_for(lambda: len(root.names("completed")) == len(names), timeout=90, what="burst")
+    assert run.stop() == 0
+    stopped = next(e for e in run.events() if e["event"] == "stopped")
+    assert stopped["found_by_rescan"] > 0, "the overflow should have lost events"
+    assert any(e["event"] == "rescan_found" for e in run.events())
+    assert Counter(r["video"] for r in root.runs()) == dict.fromkeys(names, 1)

@@ -190,12 +190,16 @@ class Daemon:
     def rescan(self, now: float) -> None:
         """Look at every entry of pending/: the backstop for lost or absent events."""
         self.counters.rescans += 1
+        found: list[str] = []
         for name in self.layout.pending_names():
             if name in self.stability or self._busy(name):
                 continue
             if self.stability.see(name, now):
-                self.counters.by_rescan += 1
-                logs.event(Event.SEEN, level=logging.DEBUG, video=name, source="rescan")
+                found.append(name)
+        if found:
+            # Something events missed (or the daemon was down when it arrived).
+            self.counters.by_rescan += len(found)
+            logs.event(Event.RESCAN_FOUND, count=len(found), videos=found[:20])
 
     def _dispatch(self, now: float) -> None:
         """Hand stable candidates to the workers, keeping the queue short: memory stays

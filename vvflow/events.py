@@ -29,6 +29,7 @@ class Event(StrEnum):
     REPORT_UNWRITABLE = "report_unwritable"
     INTERNAL_ERROR = "internal_error"
     WATCHING = "watching"
+    RESCAN_FOUND = "rescan_found"
     HASHED = "hashed"
     DUPLICATE = "duplicate"
     WAITING_FOR_ORIGINAL = "waiting_for_original"

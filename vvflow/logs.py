@@ -27,9 +27,26 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
+class TextFormatter(logging.Formatter):
+    """For a person at a terminal: time, event, then the fields as key=value."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+        fields = " ".join(
+            f"{key}={value!r}" if isinstance(value, str) and (" " in value or not value)
+            else f"{key}={value}"
+            for key, value in getattr(record, "fields", {}).items()
+        )  # fmt: skip
+        line = f"{stamp} {record.levelname.lower():<7} {record.getMessage():<16} {fields}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line.rstrip()
+
+
 def setup(level: str = "INFO") -> None:
+    """JSON lines on stderr, or readable text when stderr is a terminal."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(TextFormatter() if sys.stderr.isatty() else JsonFormatter())
     logger.handlers[:] = [handler]
     logger.setLevel(level.upper())
     logger.propagate = False
