@@ -102,7 +102,10 @@ def test_always_failing_stage_fails_after_exactly_attempts(root: Root) -> None:
     assert not (root.path / "summaries" / "a.summary.json").exists()
     status = root.status()
     assert status["failed"] == 1
-    assert status["failures"] == [{"name": "a.mp4", "stage": "summarize", "error": report["error"]}]
+    assert status["failures"] == [
+        {"name": "a.mp4", "stage": "summarize", "error": report["error"],
+         "finished_at": report["finished_at"]}
+    ]  # fmt: skip
     text = root.vvflow("status", check=0).stdout
     assert "stage=summarize" in text and "boom in stage" in text
     failed = [e for e in events(proc.stderr) if e["event"] == "failed"]

@@ -20,6 +20,7 @@ from vvflow.config import Settings, builtin_stages, load_settings
 from vvflow.daemon import Daemon, check_health
 from vvflow.errors import ConfigError, LayoutError
 from vvflow.layout import Layout, State
+from vvflow.progress import ProgressBar
 from vvflow.worker import Worker
 
 RET_OK = 0
@@ -64,6 +65,8 @@ def _build_parser() -> _Parser:
         p.add_argument("--shutdown-grace-seconds", dest="shutdown_grace_seconds", type=float)
     run.add_argument("--rescan-seconds", dest="rescan_seconds", type=float)
     run.add_argument("--observer", choices=["auto", "inotify", "polling"])
+    run.add_argument("--metrics-port", dest="metrics_port", type=int)
+    run.add_argument("--metrics-host", dest="metrics_host")
 
     sub.add_parser("health", parents=[common], help="exit 0 when a healthy `run` is here")
 
@@ -107,7 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             flags = {
                 key: getattr(args, key, None)
                 for key in ("workers", "stable_seconds", "lease_seconds",
-                            "shutdown_grace_seconds", "rescan_seconds", "observer", "log_level")
+                            "shutdown_grace_seconds", "rescan_seconds", "observer", "log_level",
+                            "metrics_port", "metrics_host")
             }  # fmt: skip
             settings = _settings(args, **flags)
             return _cmd_run(settings) if args.command == "run" else _cmd_once(settings)
@@ -139,6 +143,8 @@ def _install_stop_flags() -> Callable[[], bool]:
 
 def _cmd_once(settings: Settings) -> int:
     logs.setup(settings.log_level)
+    if sys.stderr.isatty():
+        ProgressBar(sys.stderr)
     worker = Worker(settings)
     summary = worker.once(stop_requested=_install_stop_flags())
     return RET_FAILED if summary.count(State.FAILED) else RET_OK

@@ -156,6 +156,8 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(default=20.0, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     dedupe: bool = True
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
     stages: list[StageConfig] = Field(default_factory=builtin_stages)
 
     # Options of the built-in stages. They reach every stage process as the environment

@@ -20,8 +20,10 @@ from pathlib import Path
 from watchdog.observers.api import BaseObserver
 
 from vvflow import atomicfs, instance, logs
+from vvflow.errors import ConfigError
 from vvflow.events import Event
 from vvflow.layout import Candidate
+from vvflow.metrics import Metrics
 from vvflow.watcher import PendingEvents, Stability, make_observer
 from vvflow.worker import Worker
 
@@ -63,17 +65,40 @@ class Daemon:
         self._next_rescan = 0.0
         self._next_health = 0.0
         self._next_recover = 0.0
+        self.metrics: Metrics | None = None
+        self.metrics_port: int | None = None
 
     # -- lifecycle -----------------------------------------------------------------
 
     def start(self) -> None:
         self.worker.start()
+        if self.settings.metrics_port is not None:
+            self._serve_metrics(self.settings.metrics_host, self.settings.metrics_port)
         self.worker.recover()
         self._start_observer()
         for i in range(self.settings.workers):
             thread = threading.Thread(target=self._work_loop, name=f"vvflow-worker-{i}")
             thread.start()
             self._threads.append(thread)
+
+    def _serve_metrics(self, host: str, port: int) -> None:
+        self.metrics = Metrics(self.layout, self.queue_length)
+        try:
+            self.metrics_port = self.metrics.serve(host, port)
+        except OSError as exc:
+            self.metrics.close()
+            self.worker.close()
+            raise ConfigError(f"metrics: cannot listen on {host}:{port}: {exc.strerror}") from None
+        logs.event(Event.METRICS_SERVING, address=f"http://{host}:{self.metrics_port}/metrics")
+
+    def queue_length(self) -> dict[str, int]:
+        with self._lock:
+            inflight = len(self._inflight)
+        return {
+            "inflight": inflight,
+            "ready": self.stability.ready_count,
+            "tracked": len(self.stability),
+        }
 
     def _start_observer(self) -> None:
         poll = min(self.settings.rescan_seconds, 1.0)
@@ -135,6 +160,8 @@ class Daemon:
             self._observer.stop()
             self._observer.join(timeout=5)
         self.worker.close()
+        if self.metrics is not None:
+            self.metrics.close()
         logs.event(
             Event.STOPPED,
             instance=self.worker.id.name,

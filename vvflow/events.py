@@ -29,6 +29,8 @@ class Event(StrEnum):
     REPORT_UNWRITABLE = "report_unwritable"
     INTERNAL_ERROR = "internal_error"
     WATCHING = "watching"
+    BATCH = "batch"
+    METRICS_SERVING = "metrics_serving"
     RESCAN_FOUND = "rescan_found"
     HASHED = "hashed"
     DUPLICATE = "duplicate"

@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from vvflow.events import Event
@@ -37,7 +38,8 @@ class TextFormatter(logging.Formatter):
             else f"{key}={value}"
             for key, value in getattr(record, "fields", {}).items()
         )  # fmt: skip
-        line = f"{stamp} {record.levelname.lower():<7} {record.getMessage():<16} {fields}"
+        # Starts by clearing the line, where a progress bar may be drawn.
+        line = f"\r\033[K{stamp} {record.levelname.lower():<7} {record.getMessage():<16} {fields}"
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line.rstrip()
@@ -52,6 +54,18 @@ def setup(level: str = "INFO") -> None:
     logger.propagate = False
 
 
+Listener = Callable[[Event, dict[str, Any]], None]
+_listeners: list[Listener] = []
+
+
+def subscribe(listener: Listener) -> Callable[[], None]:
+    """Call `listener(event, fields)` for every lifecycle event, whatever the log level
+    (metrics and the progress bar hear the same events as the log). Returns an
+    unsubscribe function."""
+    _listeners.append(listener)
+    return lambda: _listeners.remove(listener)
+
+
 def event(
     name: Event, /, *, level: int = logging.INFO, exc_info: bool = False, **fields: Any
 ) -> None:
@@ -59,3 +73,8 @@ def event(
     if "duration_s" in fields and isinstance(fields["duration_s"], float):
         fields["duration_s"] = round(fields["duration_s"], 3)
     logger.log(level, str(name), extra={"fields": fields}, exc_info=exc_info)
+    for listener in list(_listeners):
+        try:
+            listener(name, fields)
+        except Exception:  # a listener's bug must never break the work being logged
+            logger.debug("listener failed", exc_info=True)

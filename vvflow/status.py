@@ -2,22 +2,55 @@
 
 from __future__ import annotations
 
+import calendar
+import os
+import time
 from typing import Any
 
 from vvflow import instance, report
 from vvflow.dedupe import DigestIndex
 from vvflow.layout import Layout, State
 
+NEWEST_FAILURES = 10
+
+
+def _age(iso: str | None, fallback: float) -> float:
+    if iso:
+        try:
+            return time.time() - calendar.timegm(time.strptime(iso, "%Y-%m-%dT%H:%M:%SZ"))
+        except ValueError:
+            pass
+    return time.time() - fallback
+
 
 def collect(layout: Layout, lease_seconds: float) -> dict[str, Any]:
-    """Counts per state, failures with stage and reason, ignored entries, instances."""
+    """Counts per state, what runs now, failures (newest first), ignored entries,
+    instances."""
     candidates, ignored = layout.scan_pending()
-    folders = layout.instance_folders()
-    processing: list[str] = []
-    instances: list[dict[str, object]] = []
-    for folder in folders:
+    processing: list[dict[str, Any]] = []
+    instances: list[dict[str, Any]] = []
+    for folder in layout.instance_folders():
         claims = layout.claims_in(folder)
-        processing.extend(p.name for p in claims)
+        for path in claims:
+            rep = report.load(layout.report_path(path.name))
+            running = None
+            if rep is not None:
+                running = next(
+                    (n for n, s in rep.stages.items() if s.status == report.StageStatus.RUNNING),
+                    None,
+                )
+            try:
+                mtime = path.lstat().st_ctime
+            except FileNotFoundError:
+                continue
+            processing.append(
+                {
+                    "name": path.name,
+                    "instance": folder.name,
+                    "stage": running,
+                    "for_s": round(_age(rep.claimed_at if rep else None, mtime), 1),
+                }
+            )
         age = instance.heartbeat_age(folder)
         instances.append(
             {
@@ -27,48 +60,108 @@ def collect(layout: Layout, lease_seconds: float) -> dict[str, Any]:
                 "dead": instance.is_dead(folder, lease_seconds),
             }
         )
-    failed = sorted(layout.files_in(State.FAILED))
+    failed = list(layout.files_in(State.FAILED))
     failures = []
     for name in failed:
         rep = report.load(layout.report_path(name))
-        if rep is None:
-            failures.append({"name": name, "stage": None, "error": "no report"})
-        else:
-            failures.append({"name": name, "stage": rep.failed_stage, "error": rep.error})
+        try:
+            when = os.lstat(layout.failed / name).st_mtime
+        except FileNotFoundError:
+            continue
+        failures.append(
+            {
+                "name": name,
+                "stage": rep.failed_stage if rep else None,
+                "error": rep.error if rep else "no report",
+                "finished_at": rep.finished_at if rep else None,
+                "_when": when,
+            }
+        )
+    failures.sort(key=lambda f: (f["finished_at"] or "", f["_when"]), reverse=True)
+    for failure in failures:
+        del failure["_when"]
     return {
         "root": str(layout.root),
         State.PENDING.value: len(candidates),
         State.PROCESSING.value: len(processing),
         State.COMPLETED.value: sum(1 for _ in layout.files_in(State.COMPLETED)),
-        State.FAILED.value: len(failed),
+        State.FAILED.value: len(failures),
         "duplicates": DigestIndex(layout).duplicate_count(),
         "failures": failures,
+        "processing_now": processing,
         "ignored": [{"name": i.name, "reason": i.reason} for i in ignored],
-        "processing_names": processing,
         "instances": instances,
     }
 
 
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _show(name: str, width: int = 40) -> str:
+    """A name as a person can read it: control characters escaped, long ones cut."""
+    text = name.encode("utf-8", "backslashreplace").decode("utf-8")
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return [fmt.format(*headers).rstrip()] + [fmt.format(*row).rstrip() for row in rows]
+
+
 def render(data: dict[str, Any]) -> str:
-    lines = [f"root        {data['root']}"]
-    for state in State:
-        lines.append(f"{state.value:<11} {data[state.value]}")
-    lines.append(
-        f"{'duplicates':<11} {data['duplicates']}  (completed from another video's outputs)"
+    lines = [f"vvflow storage root {data['root']}", ""]
+    notes = {
+        State.PENDING.value: f"{len(data['ignored'])} other entries ignored"
+        if data["ignored"]
+        else "",
+        State.COMPLETED.value: f"{data['duplicates']} of them duplicates"
+        if data["duplicates"]
+        else "",
+    }
+    lines += _table(
+        ["STATE", "VIDEOS", ""],
+        [[s.value, str(data[s.value]), notes.get(s.value, "")] for s in State],
     )
+    if data["processing_now"]:
+        lines.append("")
+        rows = [
+            [_show(p["name"]), p["stage"] or "-", _duration(p["for_s"]), p["instance"]]
+            for p in sorted(data["processing_now"], key=lambda p: -p["for_s"])
+        ]
+        lines += _table(["PROCESSING NOW", "STAGE", "FOR", "INSTANCE"], rows)
     if data["failures"]:
-        lines.append("failures:")
-        for f in data["failures"]:
-            stage = f["stage"] or "-"
-            lines.append(f"  {f['name']!r}  stage={stage}  {f['error']}")
+        lines.append("")
+        shown = data["failures"][:NEWEST_FAILURES]
+        rows = [
+            [_show(f["name"]), f["stage"] or "-", f["finished_at"] or "-",
+             _show(f["error"] or "", 70)]
+            for f in shown
+        ]  # fmt: skip
+        title = "NEWEST FAILURES" if len(data["failures"]) > len(shown) else "FAILURES"
+        lines += _table([title, "STAGE", "FINISHED", "REASON"], rows)
+        if len(data["failures"]) > len(shown):
+            lines.append(f"... and {len(data['failures']) - len(shown)} more (status --json)")
     if data["ignored"]:
-        lines.append("ignored in input/pending/:")
-        for i in data["ignored"]:
-            lines.append(f"  {i['name']!r}  {i['reason']}")
-    for inst in data["instances"]:
-        alive = "dead" if inst["dead"] else "alive"
-        lines.append(
-            f"instance    {inst['name']}  {alive}  claims={inst['claims']}  "
-            f"heartbeat_age_s={inst['heartbeat_age_s']}"
-        )
+        lines.append("")
+        rows = [[_show(i["name"]), i["reason"]] for i in data["ignored"]]
+        lines += _table(["IGNORED IN input/pending/", "REASON"], rows)
+    dead = [i for i in data["instances"] if i["dead"]]
+    if data["instances"]:
+        lines.append("")
+        rows = [
+            [i["name"], "dead" if i["dead"] else "alive", str(i["claims"]),
+             "-" if i["heartbeat_age_s"] is None else _duration(i["heartbeat_age_s"])]
+            for i in data["instances"]
+        ]  # fmt: skip
+        lines += _table(["INSTANCE", "STATE", "CLAIMS", "HEARTBEAT AGE"], rows)
+        if dead:
+            lines.append("dead instances' claims go back to pending/ at the next start")
     return "\n".join(lines) + "\n"

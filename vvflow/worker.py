@@ -362,6 +362,7 @@ class Worker:
                 return stop_requested()
 
             candidates = self.stable_candidates(wait)
+            logs.event(Event.BATCH, videos=len(candidates))
             with futures.ThreadPoolExecutor(
                 max_workers=self.settings.workers, thread_name_prefix="vvflow-worker"
             ) as pool:

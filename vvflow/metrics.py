@@ -1,0 +1,133 @@
+"""An opt-in Prometheus endpoint for `vvflow run` (`metrics_port`).
+
+Counters and histograms follow the lifecycle events (the same vocabulary as the logs:
+`logs.subscribe`); gauges of folder counts, queue length and the heartbeat are read at
+scrape time, so they are never stale and cost nothing between scrapes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from vvflow import instance, logs
+from vvflow.events import Event
+from vvflow.layout import Layout, State
+
+STAGE_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, float("inf"))
+
+
+class _Snapshot(Collector):
+    """Gauges computed when scraped."""
+
+    def __init__(self, layout: Layout, queue_length: Callable[[], dict[str, int]]) -> None:
+        self.layout = layout
+        self.queue_length = queue_length
+
+    def collect(self) -> Iterator[Metric]:
+        videos = GaugeMetricFamily("vvflow_videos", "Videos by state (folder)", labels=["state"])
+        pending, _ = self.layout.scan_pending()
+        videos.add_metric([State.PENDING.value], len(pending))
+        claims = sum(len(self.layout.claims_in(f)) for f in self.layout.instance_folders())
+        videos.add_metric([State.PROCESSING.value], claims)
+        for state in (State.COMPLETED, State.FAILED):
+            videos.add_metric([state.value], sum(1 for _ in self.layout.files_in(state)))
+        yield videos
+        queue = GaugeMetricFamily(
+            "vvflow_queue_length", "Videos waiting in this instance", labels=["kind"]
+        )
+        for kind, value in self.queue_length().items():
+            queue.add_metric([kind], value)
+        yield queue
+        beat = GaugeMetricFamily(
+            "vvflow_last_heartbeat_timestamp_seconds",
+            "Unix time of this instance's last heartbeat",
+        )
+        folder = self.layout.processing / instance.InstanceId.current().name
+        try:
+            beat.add_metric([], (folder / instance.HEARTBEAT).stat().st_mtime)
+        except FileNotFoundError:
+            beat.add_metric([], 0.0)
+        yield beat
+
+
+class Metrics:
+    """The metrics of one instance and the HTTP endpoint that serves them."""
+
+    def __init__(self, layout: Layout, queue_length: Callable[[], dict[str, int]]) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.stage_seconds = Histogram(
+            "vvflow_stage_duration_seconds", "Stage run time, all attempts",
+            ["stage", "outcome"], buckets=STAGE_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.attempts = Counter("vvflow_stage_attempts", "Stage attempts started", ["stage"],
+                                registry=r)  # fmt: skip
+        self.retries = Counter("vvflow_stage_retries", "Stage retries after a failed attempt",
+                               ["stage"], registry=r)  # fmt: skip
+        self.finished = Counter("vvflow_videos_finished", "Videos filed by this instance",
+                                ["state"], registry=r)  # fmt: skip
+        self.failures = Counter("vvflow_failures", "Videos failed, by the stage at fault",
+                                ["stage"], registry=r)  # fmt: skip
+        self.duplicates = Counter("vvflow_duplicates", "Videos completed from another's outputs",
+                                  registry=r)  # fmt: skip
+        self.found = Counter("vvflow_videos_found", "Candidates first seen, by what found them",
+                             ["source"], registry=r)  # fmt: skip
+        self.takeovers = Counter("vvflow_lease_takeovers",
+                                 "Dead instances whose claims this instance took back",
+                                 registry=r)  # fmt: skip
+        self.recovered = Counter("vvflow_videos_recovered",
+                                 "Videos returned to pending from dead instances",
+                                 registry=r)  # fmt: skip
+        for source in ("event", "rescan"):
+            self.found.labels(source)
+        self.registry.register(_Snapshot(layout, queue_length))
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+        self._unsubscribe = logs.subscribe(self.on_event)
+
+    def on_event(self, name: Event, fields: dict[str, Any]) -> None:
+        stage = str(fields.get("stage") or "none")
+        if name == Event.STAGE_STARTED:
+            self.attempts.labels(stage).inc()
+        elif name == Event.RETRYING:
+            self.retries.labels(stage).inc()
+        elif name in (Event.STAGE_SUCCEEDED, Event.STAGE_FAILED):
+            outcome = "succeeded" if name == Event.STAGE_SUCCEEDED else "failed"
+            self.stage_seconds.labels(stage, outcome).observe(float(fields.get("duration_s", 0)))
+        elif name == Event.COMPLETED:
+            self.finished.labels(State.COMPLETED.value).inc()
+        elif name == Event.FAILED:
+            self.finished.labels(State.FAILED.value).inc()
+            self.failures.labels(stage).inc()
+        elif name == Event.RELEASED:
+            self.finished.labels(State.PENDING.value).inc()
+        elif name == Event.DUPLICATE:
+            self.duplicates.inc()
+        elif name == Event.SEEN:
+            self.found.labels(str(fields.get("source", "event"))).inc()
+        elif name == Event.RESCAN_FOUND:
+            self.found.labels("rescan").inc(int(fields.get("count", 0)))
+        elif name == Event.RECOVERED:
+            self.takeovers.inc()
+            self.recovered.inc(len(fields.get("videos", ())))
+
+    def serve(self, host: str, port: int) -> int:
+        """Start the endpoint in a thread; the port it listens on (for port 0)."""
+        server, thread = start_http_server(port, addr=host, registry=self.registry)
+        self._server, self._thread = server, thread
+        return int(server.server_port)
+
+    def close(self) -> None:
+        self._unsubscribe()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
