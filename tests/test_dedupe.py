@@ -36,8 +36,10 @@ def test_same_bytes_under_a_second_name_run_no_stage(root: Root) -> None:
     original_scan = json.loads((root.path / "analytic" / "original.analytic.json").read_text())
     assert original_scan["env"]["VVFLOW_NAME"] == "original.mp4"
     assert any(e["event"] == "duplicate" for e in events(proc.stderr))
-    hashed = [e for e in events(proc.stderr) if e["event"] == "hashed"]
-    assert len(hashed) == 1  # the copy, hashed once; the original was hashed in its run
+    # Hashed only once a video of the same size existed: the copy, and the original
+    # (never hashed in its own run, when its size was new), once each.
+    hashed = [e["video"] for e in events(proc.stderr) if e["event"] == "hashed"]
+    assert sorted(hashed) == ["copy of original.mp4", "original.mp4"]
     status = root.status()
     assert status["duplicates"] == 1 and status["completed"] == 2
 
@@ -98,28 +100,32 @@ def test_stale_index_entries_are_repaired(root: Root) -> None:
     root.configure()
     root.drop("a.mp4", root.video_bytes)
     root.vvflow("once", check=0)
-    digest = root.report("a.mp4")["sha256"]
-    entry = root.path / "index" / "sha256" / digest[:2] / digest
-    # A garbage entry (as if written by hand or by a broken tool) and one pointing at a
-    # video that is not completed: neither is believed, both are repaired.
-    entry.write_text('{"name": "gone.mp4"}')
-    root.drop("b.mp4", b"fresh" * 100)
-    root.vvflow("once", check=0)
+    size_dir = root.path / "index" / "size" / str(len(root.video_bytes))
+    [entry] = list(size_dir.iterdir())
+    # Entries that lie (a name that is not a completed video, garbage left by a broken
+    # tool) are not believed and are dropped; the true one still answers.
+    (size_dir / ("0" * 32)).write_text('{"name": "gone.mp4"}')
+    (size_dir / ("1" * 32)).write_text("{")
     root.drop("a again.mp4", root.video_bytes)
     root.vvflow("once", check=0)
-    runs = _stage_runs(root)
-    assert runs == {"scan": 3, "summarize": 3, "logline": 3}  # a, b, and "a again" (index lost a)
-    assert json.loads(entry.read_text()) == {"name": "a again.mp4"}
+    assert root.report("a again.mp4")["duplicate_of"] == "a.mp4"
+    assert sorted(p.name for p in size_dir.iterdir()) == [entry.name]
+    # The original's entry lost (as if the index were damaged): the copy runs its stages,
+    # and becomes an original itself, never a false duplicate.
+    entry.unlink()
     root.drop("a third.mp4", root.video_bytes)
     root.vvflow("once", check=0)
-    assert root.report("a third.mp4")["duplicate_of"] == "a again.mp4"
-    assert _stage_runs(root) == runs
-    # A half-written entry cannot exist (entries are written whole), but garbage is
-    # treated as a miss too.
-    entry.write_text("{")
-    root.drop("a fourth.mp4", root.video_bytes)
-    root.vvflow("once", check=0)
-    assert root.report("a fourth.mp4")["duplicate_of"] is None
+    assert root.report("a third.mp4")["duplicate_of"] is None
+    assert _stage_runs(root) == {"scan": 2, "summarize": 2, "logline": 2}
+
+
+def test_a_video_of_a_new_size_is_never_read(root: Root) -> None:
+    root.configure()
+    root.drop("a.mp4")
+    root.drop("b.mp4", b"x" * 5000)
+    proc = root.vvflow("once", check=0)
+    assert not [e for e in events(proc.stderr) if e["event"] == "hashed"]
+    assert root.report("a.mp4")["sha256"] is None
 
 
 def test_dedupe_false_and_retry_from_start_bypass_it(root: Root, tmp_path: Path) -> None:

@@ -1,13 +1,19 @@
 """Content identity: a video whose bytes were already processed runs no stage again.
 
-Each claimed video is hashed once (SHA-256, streamed, in the worker). The digest index
-under `<root>/index/` maps a digest to the completed video that owns it, one small
-file per digest, so a lookup is one open() whatever the history's size. The index is
-only a cache of `reports/`: every entry is checked against the report and the folder
-before it is believed, a wrong one is dropped, and a missing index is rebuilt from the
-reports. While a video is running, a marker `processing/<instance>/.digests/<digest>`
-says so; a second video with the same digest waits for the first instead of running
-beside it.
+Two videos can only have the same content if they have the same size, so the index is
+keyed by size first: a claimed video is hashed (SHA-256, streamed, in the worker) only
+when a completed video of exactly its size exists, and then at most once, the digest
+kept in its report. A completed original of that size that was never hashed is hashed
+then, once, the same way. A video of a size never seen before is never read by vvflow
+at all (a sparse 100 GiB file costs nothing).
+
+The index under `<root>/index/size/<size>/` names the completed originals of each size
+(their reports hold their digests), so a lookup reads one small folder whatever the
+history's size. It is only a cache of
+`reports/`: an entry is checked against its report and folder before it is believed, a
+wrong one is dropped, and a missing index is rebuilt from the reports. While a video
+is running, a marker `processing/<instance>/.sizes/<size>` says so; a second video of
+the same size waits for it instead of running beside it, and then compares digests.
 """
 
 from __future__ import annotations
@@ -17,18 +23,20 @@ import hashlib
 import json
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vvflow import instance, report
+from vvflow import instance, logs, report
 from vvflow.atomicfs import write_atomic
 from vvflow.errors import Cancelled
+from vvflow.events import Event
 from vvflow.layout import Layout, State
 
 INDEX = "index"
 BUILT = ".built"
-DIGESTS = ".digests"
+SIZES = ".sizes"
 CHUNK = 1 << 20
 
 
@@ -43,19 +51,24 @@ def sha256_file(path: Path, cancel: threading.Event | None = None) -> str:
     return digest.hexdigest()
 
 
-class DigestIndex:
-    """`<root>/index/sha256/<ab>/<digest>` -> the completed original's name."""
+def _key(name: str) -> str:
+    """A file name for an entry about `name`, safe whatever bytes `name` holds."""
+    return hashlib.sha256(os.fsencode(name)).hexdigest()[:32]
+
+
+class ContentIndex:
+    """`index/size/<size>/<key>` -> the name of a completed original of that size; its
+    report holds its digest."""
 
     def __init__(self, layout: Layout, lease_seconds: float = 60.0) -> None:
         self.layout = layout
         self.lease_seconds = lease_seconds
         self.folder = layout.root / INDEX
-        self.by_digest = self.folder / "sha256"
+        self.by_size = self.folder / "size"
         self.duplicates = self.folder / "duplicates"
         self._lock = threading.Lock()
 
-    def _entry(self, digest: str) -> Path:
-        return self.by_digest / digest[:2] / digest
+    # -- building ------------------------------------------------------------------
 
     def ensure(self) -> bool:
         """Rebuild the index from the reports when it is missing; True when rebuilt."""
@@ -65,7 +78,7 @@ class DigestIndex:
         return True
 
     def rebuild(self) -> int:
-        """Write an entry for every completed original and a marker for every duplicate
+        """Write the entries of every completed original and a marker for every duplicate
         that the reports record. Idempotent; returns the number of originals."""
         originals = 0
         try:
@@ -76,10 +89,10 @@ class DigestIndex:
             if not entry.name.endswith(".json") or entry.name.startswith("."):
                 continue
             rep = report.load(Path(entry.path))
-            if rep is None or rep.state != State.COMPLETED or rep.sha256 is None:
+            if rep is None or rep.state != State.COMPLETED:
                 continue
             if rep.duplicate_of is None:
-                self.record(rep.sha256, rep.name)
+                self.record(rep.name, rep.identity.size)
                 originals += 1
             else:
                 self.record_duplicate(rep.name)
@@ -87,12 +100,12 @@ class DigestIndex:
         (self.folder / BUILT).touch()
         return originals
 
-    def record(self, digest: str, name: str, *, tmp_dir: Path | None = None) -> None:
-        """Point `digest` at `name`. `tmp_dir` (the instance's work folder) keeps the
-        temporary file of a crashed write where recovery cleans it."""
-        entry = self._entry(digest)
-        entry.parent.mkdir(parents=True, exist_ok=True)
+    def record(self, name: str, size: int, *, tmp_dir: Path | None = None) -> None:
+        """Index a completed original. `tmp_dir` (the instance's work folder) keeps the
+        temporary files of a crashed write where recovery cleans them."""
         data = json.dumps({"name": name}, ensure_ascii=True).encode()
+        entry = self.by_size / str(size) / _key(name)
+        entry.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(entry, data, tmp_dir=tmp_dir)
 
     def record_duplicate(self, name: str) -> None:
@@ -105,50 +118,83 @@ class DigestIndex:
         except FileNotFoundError:
             return 0
 
-    def lookup(self, digest: str, *, exclude: str) -> report.Report | None:
-        """The completed original with this digest, verified against its report and its
-        folder; a stale entry (a crash mid-write, a video removed) is dropped."""
-        entry = self._entry(digest)
-        try:
-            name = json.loads(entry.read_bytes())["name"]
-        except (FileNotFoundError, ValueError, KeyError, TypeError):
-            return None
-        if name == exclude:
-            return None
+    # -- looking up ----------------------------------------------------------------
+
+    def _believe(self, entry: Path, name: str) -> report.Report | None:
+        """The report of the completed original an entry names, or None; an entry whose
+        report says otherwise is dropped (a crash mid-write, a video removed)."""
         rep = report.load(self.layout.report_path(name))
-        if rep is None or rep.sha256 != digest or rep.state != State.COMPLETED:
+        if rep is None or rep.state != State.COMPLETED or rep.duplicate_of is not None:
             with contextlib.suppress(FileNotFoundError):
                 entry.unlink()
             return None
         if not os.path.lexists(self.layout.completed / name):
-            return None  # recorded, not yet filed (the entry is written before the move)
+            return None  # recorded, not yet filed (entries are written before the move)
         return rep
 
-    # -- one digest in flight at a time -----------------------------------------------
+    def originals_of_size(self, size: int, *, exclude: str) -> list[report.Report]:
+        """The completed originals of exactly `size` bytes."""
+        found: list[report.Report] = []
+        try:
+            entries = list(os.scandir(self.by_size / str(size)))
+        except FileNotFoundError:
+            return found
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                name = json.loads(Path(entry.path).read_bytes())["name"]
+            except (FileNotFoundError, ValueError, KeyError, TypeError):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                continue
+            if name != exclude and (rep := self._believe(Path(entry.path), name)) is not None:
+                found.append(rep)
+        return found
 
-    def _markers(self, digest: str) -> list[tuple[int, str, Path]]:
+    def digest_of(self, original: report.Report, cancel: threading.Event) -> str:
+        """The digest of a completed original, hashing it now (once) if it never was."""
+        if original.sha256 is not None:
+            return original.sha256
+        started = time.monotonic()
+        digest = sha256_file(self.layout.completed / original.name, cancel)
+        original.sha256 = digest
+        with contextlib.suppress(OSError):
+            report.save(self.layout.report_path(original.name), original)
+        logs.event(
+            Event.HASHED,
+            video=original.name,
+            sha256=digest,
+            size=original.identity.size,
+            duration_s=time.monotonic() - started,
+        )
+        return digest
+
+    # -- one size in flight at a time ----------------------------------------------------
+
+    def _markers(self, size: int) -> list[tuple[int, str, Path]]:
         found = []
         for folder in self.layout.instance_folders():
-            marker = folder / DIGESTS / digest
+            marker = folder / SIZES / str(size)
             if marker.exists() and instance.is_dead(folder, self.lease_seconds):
                 continue  # its claims are about to be recovered; its marker means nothing
             with contextlib.suppress(FileNotFoundError):
                 found.append((marker.stat().st_mtime_ns, folder.name, marker))
         return sorted(found)
 
-    def acquire(self, digest: str, lease_folder: Path) -> Path | None:
-        """Mark `digest` as running here; None when another video with it runs first.
+    def acquire(self, size: int, lease_folder: Path) -> Path | None:
+        """Mark a video of `size` bytes as running here; None when another one runs first.
 
         Every contender orders the markers the same way (oldest first, then by instance
         name), so exactly one goes ahead; a dead instance's marker vanishes with its
         folder when its claims are recovered."""
-        mine = lease_folder / DIGESTS / digest
+        mine = lease_folder / SIZES / str(size)
         with self._lock:
             if mine.exists():
-                return None  # another worker of this instance runs this digest
+                return None  # another worker of this instance runs a video of this size
             mine.parent.mkdir(parents=True, exist_ok=True)
             mine.touch()
-        first = self._markers(digest)
+        first = self._markers(size)
         if first and first[0][2] == mine:
             return mine
         with contextlib.suppress(FileNotFoundError):

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from vvflow import instance, report
-from vvflow.dedupe import DigestIndex
+from vvflow.dedupe import ContentIndex
 from vvflow.layout import Layout, State
 
 NEWEST_FAILURES = 10
@@ -86,7 +86,7 @@ def collect(layout: Layout, lease_seconds: float) -> dict[str, Any]:
         State.PROCESSING.value: len(processing),
         State.COMPLETED.value: sum(1 for _ in layout.files_in(State.COMPLETED)),
         State.FAILED.value: len(failures),
-        "duplicates": DigestIndex(layout).duplicate_count(),
+        "duplicates": ContentIndex(layout).duplicate_count(),
         "failures": failures,
         "processing_now": processing,
         "ignored": [{"name": i.name, "reason": i.reason} for i in ignored],

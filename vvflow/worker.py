@@ -55,7 +55,7 @@ class Worker:
         )
         self.id = instance.InstanceId.current()
         self.lease = instance.Lease(self.layout.processing / self.id.name, settings.lease_seconds)
-        self.index = dedupe.DigestIndex(self.layout, settings.lease_seconds)
+        self.index = dedupe.ContentIndex(self.layout, settings.lease_seconds)
         #: Set when no new video may be claimed (shutdown requested).
         self.stopping = threading.Event()
         #: Set when running stages must be stopped and their videos returned.
@@ -205,10 +205,10 @@ class Worker:
                     job, rep, save=save, guard=lambda: self._guard(claim), cancel=self.cancel
                 )
             state = State.COMPLETED
-            if rep.sha256 is not None and self.settings.dedupe:
+            if self.settings.dedupe:
                 # Before the move: a crash after it must not leave an original unindexed.
                 if rep.duplicate_of is None:
-                    self.index.record(rep.sha256, claim.name, tmp_dir=workspace)
+                    self.index.record(claim.name, claim.identity.size, tmp_dir=workspace)
                 else:
                     self.index.record_duplicate(claim.name)
         except StageError:
@@ -267,9 +267,34 @@ class Worker:
     def _find_original(
         self, claim: Claim, rep: report.Report, save: Callable[[], None]
     ) -> tuple[report.Report | None, Path | None]:
-        """Hash the video (once: the digest is kept in its report) and find a completed
-        video with the same content. While another video with it is running, wait for
-        it. Returns the original, or the marker that makes this video the one to run."""
+        """Find a completed video with the same content, hashing this one (once: the
+        digest is kept in its report) only when a completed video has its very size.
+        While another video of that size runs, wait for it. Returns the original, or the
+        marker that makes this video the one to run."""
+        size = claim.identity.size
+        waiting_since: float | None = None
+        while True:
+            same_size = self.index.originals_of_size(size, exclude=claim.name)
+            if same_size:
+                digest = self._digest(claim, rep, save)
+                for candidate in same_size:
+                    if self.index.digest_of(candidate, self.cancel) == digest:
+                        return candidate, None
+            marker = self.index.acquire(size, self.lease.folder)
+            if marker is not None:
+                now_same = self.index.originals_of_size(size, exclude=claim.name)
+                if [r.name for r in now_same] == [r.name for r in same_size]:
+                    return None, marker
+                self.index.release(marker)  # one completed meanwhile: compare again
+                continue
+            if waiting_since is None:
+                waiting_since = time.monotonic()
+                logs.event(Event.WAITING_FOR_ORIGINAL, video=claim.name, size=size)
+            if self.cancel.wait(0.2):
+                raise Cancelled("shutdown requested while waiting for the original")
+            self._guard(claim)
+
+    def _digest(self, claim: Claim, rep: report.Report, save: Callable[[], None]) -> str:
         if rep.sha256 is None:
             started = time.monotonic()
             rep.sha256 = dedupe.sha256_file(claim.path, self.cancel)
@@ -281,24 +306,7 @@ class Worker:
                 size=claim.identity.size,
                 duration_s=time.monotonic() - started,
             )
-        waiting_since: float | None = None
-        while True:
-            original = self.index.lookup(rep.sha256, exclude=claim.name)
-            if original is not None:
-                return original, None
-            marker = self.index.acquire(rep.sha256, self.lease.folder)
-            if marker is not None:
-                original = self.index.lookup(rep.sha256, exclude=claim.name)
-                if original is not None:
-                    self.index.release(marker)
-                    return original, None
-                return None, marker
-            if waiting_since is None:
-                waiting_since = time.monotonic()
-                logs.event(Event.WAITING_FOR_ORIGINAL, video=claim.name, sha256=rep.sha256)
-            if self.cancel.wait(0.2):
-                raise Cancelled("shutdown requested while waiting for the original")
-            self._guard(claim)
+        return rep.sha256
 
     def _reuse(
         self,
