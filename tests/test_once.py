@@ -107,7 +107,8 @@ def test_always_failing_stage_fails_after_exactly_attempts(root: Root) -> None:
          "finished_at": report["finished_at"]}
     ]  # fmt: skip
     text = root.vvflow("status", check=0).stdout
-    assert "stage=summarize" in text and "boom in stage" in text
+    row = next(line for line in text.splitlines() if line.startswith("a.mp4 "))
+    assert row.split()[1] == "summarize" and "boom in stage" in row
     failed = [e for e in events(proc.stderr) if e["event"] == "failed"]
     assert failed and failed[0]["stage"] == "summarize"
 

@@ -34,6 +34,8 @@ def process_start(pid: int) -> int | None:
         return None
     # Field 2 (comm) may contain spaces and parentheses: split after its last ')'.
     fields = raw[raw.rfind(b")") + 2 :].split()
+    if fields[0] in (b"Z", b"X"):
+        return None  # a zombie (killed, not yet reaped by its parent) is gone for us
     return int(fields[19])
 
 

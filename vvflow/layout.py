@@ -11,7 +11,7 @@ import os
 import shutil
 import stat
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -86,21 +86,45 @@ def name_reason(name: str, extensions: Iterable[str]) -> str | None:
     return None
 
 
-def _fit(name: str, stem: str, suffix: str, ext: str) -> str:
-    """`<stem><suffix><ext>` shortened to fit NAME_MAX bytes, keeping suffix and extension."""
-    tail = os.fsencode(suffix + ext)
-    head = os.fsencode(stem)
-    if len(head) + len(tail) <= _NAME_MAX:
-        return stem + suffix + ext
-    return head[: _NAME_MAX - len(tail)].decode("utf-8", "ignore") + suffix + ext
+#: The longest stem a claimed video keeps, in bytes: what is derived from it (outputs
+#: such as `<stem>.analytic.json`, keyframe folders, temporary names) must still fit the
+#: 255 bytes a file name may have.
+STEM_MAX = 220
+
+
+def _fit(
+    stem: str, suffix: str, ext: str, fits: Callable[[str, str], bool] = lambda n, s: True
+) -> str:
+    """`<stem><suffix><ext>`, the stem shortened (at a character boundary) until the name
+    and everything derived from it fit; suffix and extension are kept."""
+    raw = os.fsencode(stem)
+    limit = min(
+        len(raw), STEM_MAX - len(os.fsencode(suffix)), _NAME_MAX - len(os.fsencode(suffix + ext))
+    )
+    while True:
+        cut = max(limit, 1)
+        while 0 < cut < len(raw) and (raw[cut] & 0xC0) == 0x80:
+            cut -= 1  # not inside a UTF-8 character
+        short = os.fsdecode(raw[:cut]) if limit < len(raw) else stem
+        candidate_stem = short + suffix
+        if limit <= 1 or fits(candidate_stem + ext, candidate_stem):
+            return candidate_stem + ext
+        limit -= 1
 
 
 class Layout:
     """The folders under one storage root."""
 
-    def __init__(self, root: Path, extensions: Iterable[str]) -> None:
+    def __init__(
+        self,
+        root: Path,
+        extensions: Iterable[str],
+        output_names: Callable[[str, str], Iterable[str]] | None = None,
+    ) -> None:
         self.root = root
         self.extensions = tuple(extensions)
+        #: (name, stem) -> the file names of a video's outputs, which must fit NAME_MAX.
+        self.output_names = output_names
         self.input = root / "input"
         self.pending = self.input / State.PENDING
         self.processing = self.input / State.PROCESSING
@@ -128,6 +152,13 @@ class Layout:
     def check_one_filesystem(self, extra: Iterable[Path] = ()) -> None:
         base = self.input.stat().st_dev
         folders = [self.folder(s) for s in State] + [self.root / n for n in OUTPUT_DIRS]
+        for path in [self.input, *folders, *extra]:
+            if path.is_symlink():
+                # Following it would claim (move) files of a folder outside the root.
+                raise LayoutError(
+                    f"{path} is a symlink: vvflow never follows symlinks under the storage "
+                    "root; make it a real folder (the root itself may be a symlink)"
+                )
         for path in [*folders, *extra]:
             if path.stat().st_dev != base:
                 raise LayoutError(
@@ -238,19 +269,24 @@ class Layout:
     def free_name(self, name: str, identity: report.Identity) -> str:
         """`name`, or `<stem>-N<ext>` with the first N whose stem no other video owns."""
         stem, ext = split_name(name)
-        candidate = _fit(name, stem, "", ext)
+        candidate = _fit(stem, "", ext, self._fits)
         number = 1
         while self.stem_taken(split_name(candidate)[0], ext, identity):
             number += 1
-            candidate = _fit(name, stem, f"-{number}", ext)
+            candidate = _fit(stem, f"-{number}", ext, self._fits)
         return candidate
+
+    def _fits(self, name: str, stem: str) -> bool:
+        if self.output_names is None:
+            return True
+        return all(len(os.fsencode(n)) <= _NAME_MAX for n in self.output_names(name, stem))
 
     def _free_in(self, folder: Path, name: str) -> str:
         stem, ext = split_name(name)
         candidate, number = name, 1
         while os.path.lexists(folder / candidate):
             number += 1
-            candidate = _fit(name, stem, f"-{number}", ext)
+            candidate = _fit(stem, f"-{number}", ext)
         return candidate
 
     # -- moves ---------------------------------------------------------------------

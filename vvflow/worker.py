@@ -49,9 +49,13 @@ class Worker:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.layout = Layout(settings.root, settings.extensions)
         self.pipeline = Pipeline(
             settings.stages, settings.root, extra_env=settings.stage_environment()
+        )
+        self.layout = Layout(
+            settings.root,
+            settings.extensions,
+            lambda name, stem: [p.name for p in self.pipeline.output_paths(name, stem).values()],
         )
         self.id = instance.InstanceId.current()
         self.lease = instance.Lease(self.layout.processing / self.id.name, settings.lease_seconds)
