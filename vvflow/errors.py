@@ -19,6 +19,10 @@ class LeaseLost(VvflowError):
     """This instance's claim was taken over by another instance; it must not write."""
 
 
+class ClaimChanged(VvflowError):
+    """The claimed video was deleted, replaced or modified while it was being processed."""
+
+
 class StageError(VvflowError):
     """A stage failed; `retryable` says whether another attempt may help."""
 

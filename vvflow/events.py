@@ -15,6 +15,7 @@ class Event(StrEnum):
     UNSTABLE = "unstable"
     CLAIMED = "claimed"
     CLAIM_LOST = "claim_lost"
+    CLAIM_CHANGED = "claim_changed"
     STAGE_SKIPPED = "stage_skipped"
     STAGE_STARTED = "stage_started"
     STAGE_SUCCEEDED = "stage_succeeded"

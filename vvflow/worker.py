@@ -21,7 +21,7 @@ from typing import Any
 
 from vvflow import dedupe, instance, logs, report
 from vvflow.config import Settings
-from vvflow.errors import Cancelled, LeaseLost, StageError
+from vvflow.errors import Cancelled, ClaimChanged, LeaseLost, StageError
 from vvflow.events import Event
 from vvflow.layout import MOVES, WORK, Candidate, Claim, Layout, State, split_name
 from vvflow.pipeline import Job, Pipeline, publish
@@ -147,13 +147,48 @@ class Worker:
         return self.run_claim(claim)
 
     def _guard(self, claim: Claim) -> None:
-        """Raise LeaseLost unless this instance still holds `claim`."""
+        """Raise LeaseLost unless this instance still holds `claim`, and ClaimChanged
+        when the file itself was deleted, replaced or modified meanwhile."""
+        if not self.lease.held():
+            raise LeaseLost(f"the lease of {self.id.name} was taken over")
         try:
             st = os.lstat(claim.path)
         except FileNotFoundError:
-            raise LeaseLost(f"{claim.name} is no longer in {self.lease.folder}") from None
-        if not self.lease.held() or st.st_ino != claim.identity.inode:
+            st = None
+        if st is not None and report.Identity.of(st) == claim.identity:
+            return
+        # Recovery deletes the heartbeat before it moves a claim away: if the heartbeat
+        # is still here now, the change was not a takeover.
+        if not self.lease.held():
             raise LeaseLost(f"the lease of {self.id.name} was taken over")
+        if st is None:
+            raise ClaimChanged("deleted while being processed")
+        if st.st_ino != claim.identity.inode:
+            raise ClaimChanged("replaced by another file while being processed")
+        raise ClaimChanged("modified while being processed")
+
+    def _abandon(
+        self, claim: Claim, rep: report.Report, rpath: Path, workspace: Path, why: str
+    ) -> None:
+        """Forget a run whose video changed under it: its outputs and report describe
+        content that is gone. A file still there goes back to pending/ to start afresh."""
+        for record in rep.stages.values():
+            if record.output is not None and record.identity == rep.identity:
+                with contextlib.suppress(OSError):
+                    (self.layout.root / record.output).unlink()
+        with contextlib.suppress(OSError):
+            rpath.unlink()
+        shutil.rmtree(workspace, ignore_errors=True)
+        returned = None
+        if os.path.lexists(claim.path):
+            returned = self.layout.finish(claim, State.PENDING, self.lease.folder).name
+        logs.event(
+            Event.CLAIM_CHANGED,
+            level=logging.WARNING,
+            video=claim.name,
+            error=why,
+            returned_to_pending=returned,
+        )
 
     def run_claim(self, claim: Claim) -> Outcome | None:
         started = time.monotonic()
@@ -224,6 +259,10 @@ class Worker:
             shutil.rmtree(workspace, ignore_errors=True)
             self.index.release(marker)
             return None
+        except ClaimChanged as exc:
+            self._abandon(claim, rep, rpath, workspace, str(exc))
+            self.index.release(marker)
+            return None
         except OSError as exc:
             # The storage itself failed (full disk, I/O error): file the video as failed
             # with the reason rather than lose track of it.
@@ -246,6 +285,9 @@ class Worker:
             dest = self.layout.finish(claim, state, self.lease.folder)
         except LeaseLost as exc:
             logs.event(Event.LEASE_LOST, level=logging.WARNING, video=claim.name, error=str(exc))
+            return None
+        except ClaimChanged as exc:
+            self._abandon(claim, rep, rpath, workspace, str(exc))
             return None
         finally:
             shutil.rmtree(workspace, ignore_errors=True)
