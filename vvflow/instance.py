@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 HEARTBEAT = ".heartbeat"
-#: Written in a video's workspace while a stage runs: "<pid> <start>" of its group leader.
+#: Written in a video's workspace while a stage runs: "<pid> <start> <run token>".
 STAGE_PID = ".stage.pid"
 _HOST_UNSAFE = re.compile(r"[^A-Za-z0-9._]")
 
@@ -147,11 +147,43 @@ class Lease:
             self.heartbeat.unlink()
 
 
-def kill_orphan(pid: int, start: int) -> bool:
-    """Kill the process group of a stage left running by a dead instance on this host."""
-    if process_start(pid) != start:
-        return False
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
-        return True
-    return False
+#: Every stage process gets a unique token in this environment variable, which its
+#: descendants inherit even when they leave its process group (setsid, double fork).
+RUN_TOKEN = "VVFLOW_RUN_TOKEN"  # noqa: S105 (a variable name, not a secret)
+
+
+def sweep(token: str) -> int:
+    """SIGKILL every process of ours that carries `token` in its environment: whatever a
+    stage left running, even outside its process group. Returns how many."""
+    needle = f"{RUN_TOKEN}={token}".encode()
+    me = os.getpid()
+    killed = 0
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return 0
+    for entry in entries:
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            environ = Path(f"/proc/{entry}/environ").read_bytes()
+        except OSError:  # gone, or not ours to read
+            continue
+        if needle in environ.split(b"\0"):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(entry), signal.SIGKILL)
+                killed += 1
+    return killed
+
+
+def kill_orphan(pid: int, start: int, token: str | None) -> bool:
+    """Kill what a dead instance on this host left running of a stage: its process group,
+    and every process carrying its run token."""
+    killed = False
+    if process_start(pid) == start:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+            killed = True
+    if token:
+        killed = sweep(token) > 0 or killed
+    return killed

@@ -393,7 +393,7 @@ class Layout:
     def _kill_orphans(self, work: Path) -> None:
         for pidfile in work.glob(f"*/{instance.STAGE_PID}"):
             try:
-                pid, start = (int(x) for x in pidfile.read_text().split())
+                pid, start, *token = pidfile.read_text().split()
+                instance.kill_orphan(int(pid), int(start), token[0] if token else None)
             except (OSError, ValueError):
                 continue
-            instance.kill_orphan(pid, start)

@@ -13,11 +13,13 @@ import contextlib
 import logging
 import os
 import selectors
+import shutil
 import signal
 import stat
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +44,7 @@ from vvflow.errors import (
     StageUnusable,
 )
 from vvflow.events import Event
-from vvflow.instance import STAGE_PID, process_start
+from vvflow.instance import RUN_TOKEN, STAGE_PID, process_start, sweep
 from vvflow.report import Attempt, AttemptOutcome, Report, StageStatus, now_iso
 
 EX_DATAERR = 65
@@ -290,6 +292,8 @@ class Pipeline:
             )
             save()
 
+        token = uuid.uuid4().hex
+        env[RUN_TOKEN] = token
         try:
             proc = subprocess.Popen(
                 argv,
@@ -306,10 +310,13 @@ class Pipeline:
             raise StageUnusable(message) from None
         pidfile = job.workspace / STAGE_PID
         with contextlib.suppress(OSError):
-            pidfile.write_text(f"{proc.pid} {process_start(proc.pid) or 0}\n")
+            pidfile.write_text(f"{proc.pid} {process_start(proc.pid) or 0} {token}\n")
         try:
             run = self._wait(proc, stage.timeout_seconds, cancel)
         finally:
+            # Whatever it left running outside its process group (a daemon in a new
+            # session) carries its token: stop it before its output is looked at.
+            sweep(token)
             with contextlib.suppress(OSError):
                 pidfile.unlink()
         record.stdout_tail = _tail_text(run.stdout)
@@ -424,9 +431,18 @@ def publish(tmp: Path, final: Path) -> None:
 
     The final path belongs to this video alone (its stem is unique among all videos),
     so replacing it is a rerun of the same video, never another video's result."""
+    # A copy, not the stage's own file: a process the stage left behind may still hold
+    # that file open, and nothing may change an output once it is published.
+    fresh = tmp.with_name(f".publish-{uuid.uuid4().hex}")
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, final)
+        shutil.copyfile(tmp, fresh)
+        with fresh.open("rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(fresh, final)
+        tmp.unlink()
     except OSError as exc:
+        with contextlib.suppress(OSError):
+            fresh.unlink()
         raise AttemptFailed(f"cannot publish output {final}: {exc.strerror}") from None
     fsync_dir(final.parent)
