@@ -360,16 +360,22 @@ class Layout:
 
     # -- recovery ------------------------------------------------------------------
 
+    def take_over(self, folder: Path) -> int:
+        """The first step of recovering a dead instance: delete its heartbeat (a paused
+        owner that wakes up then knows its lease is gone and writes nothing) and finish
+        the moves its journal records. Returns the number of moves repaired. Do this for
+        every dead instance before returning any claim: a recoverer that died inside
+        its own move left the video under two names, one in another dead folder."""
+        with contextlib.suppress(FileNotFoundError):
+            (folder / instance.HEARTBEAT).unlink()
+        return len(atomicfs.repair_moves(folder / MOVES))
+
     def recover(self, folder: Path, journal: Path) -> tuple[list[Path], int]:
         """Take back every claim of a dead instance's folder: finish its interrupted
         moves, stop stage processes it left running on this host, return its videos to
         pending/ and delete its temporary files. Returns the videos returned and the
         number of moves repaired."""
-        # Deleting the heartbeat first tells a paused owner that wakes up that its
-        # lease is gone: it must not write anything from now on.
-        with contextlib.suppress(FileNotFoundError):
-            (folder / instance.HEARTBEAT).unlink()
-        repaired = atomicfs.repair_moves(folder / MOVES)
+        repaired = self.take_over(folder)
         owner = instance.InstanceId.parse(folder.name)
         if owner is not None and owner.is_local():
             self._kill_orphans(folder / WORK)
@@ -388,7 +394,7 @@ class Layout:
         with contextlib.suppress(OSError):
             folder.rmdir()
         atomicfs.fsync_dir(self.processing)
-        return returned, len(repaired)
+        return returned, repaired
 
     def _kill_orphans(self, work: Path) -> None:
         for pidfile in work.glob(f"*/{instance.STAGE_PID}"):

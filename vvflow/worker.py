@@ -96,12 +96,15 @@ class Worker:
     def recover(self) -> int:
         """Return the claims of every dead instance to pending/. Returns how many."""
         total = 0
-        for folder in self.layout.instance_folders():
-            if folder == self.lease.folder:
-                continue
-            if not instance.is_dead(folder, self.settings.lease_seconds):
-                continue
+        dead = [
+            folder
+            for folder in self.layout.instance_folders()
+            if folder != self.lease.folder and instance.is_dead(folder, self.settings.lease_seconds)
+        ]
+        early = {folder: self.layout.take_over(folder) for folder in dead}
+        for folder in dead:
             returned, repaired = self.layout.recover(folder, self.journal)
+            repaired += early[folder]
             total += len(returned)
             logs.event(
                 Event.RECOVERED,
