@@ -451,3 +451,39 @@ def test_a_burst_that_overflows_the_inotify_queue_is_fully_processed(
     assert stopped["found_by_rescan"] > 0, "the overflow should have lost events"
     assert any(e["event"] == "rescan_found" for e in run.events())
     assert Counter(r["video"] for r in root.runs()) == dict.fromkeys(names, 1)
+
+
+@pytest.mark.timeout(60)
+def test_same_host_other_pid_namespace_is_not_taken_for_dead(
+    root: Root, running: Callable[..., Running], tmp_path: Path
+) -> None:
+    """Two containers with host networking share a hostname but not a PID namespace: a
+    pid of one means nothing in the other. An instance in its own PID namespace, alive
+    and beating, keeps its claim while an instance outside it recovers dead ones."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) for a PID namespace")
+    root.configure([root.stage("scan", "sleep:6")], stable_seconds=0, lease_seconds=30)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VVFLOW_")}
+    log = (tmp_path / "ns.log").open("w")
+    inside = subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--mount", "--mount-proc",
+         sys.executable, "-m",
+         "vvflow", "run", "--root", str(root.path)],
+        stderr=log, env=env,
+    )  # fmt: skip
+    try:
+        root.drop("a.mp4")
+        wait_for(lambda: bool(root.runs()), what="the stage inside the namespace")
+        outside = running()
+        time.sleep(2.5)  # several recovery passes of the outside instance
+        assert not any(e["event"] == "recovered" and e.get("videos") for e in outside.events())
+        wait_for(lambda: root.names("completed") == ["a.mp4"], what="a.mp4 by its claimant")
+        assert len(root.runs()) == 1
+        assert outside.stop() == 0
+    finally:
+        # unshare does not pass signals on: stop its child, the namespace's pid 1.
+        children = Path(f"/proc/{inside.pid}/task/{inside.pid}/children").read_text().split()
+        for child in children:
+            os.kill(int(child), signal.SIGTERM)
+        assert inside.wait(timeout=30) == 0
+        log.close()

@@ -101,7 +101,7 @@ def test_once_recovers_what_a_dead_instance_left(root: Root) -> None:
     root.configure()
     layout = Layout(root.path, [".mp4"])
     layout.ensure()
-    dead = layout.processing / f"{instance.this_host()}-{_dead_pid()}-12345"
+    dead = layout.processing / instance.InstanceId.local(_dead_pid(), 12345).name
     dead.mkdir()
     (dead / instance.HEARTBEAT).touch()
     (dead / "claimed.mp4").write_bytes(root.video_bytes)
@@ -153,7 +153,7 @@ def test_orphaned_stage_process_of_dead_instance_is_killed(root: Root) -> None:
     root.configure()
     layout = Layout(root.path, [".mp4"])
     layout.ensure()
-    dead = layout.processing / f"{instance.this_host()}-{_dead_pid()}-1"
+    dead = layout.processing / instance.InstanceId.local(_dead_pid(), 1).name
     work = dead / WORK / "a.mp4"
     work.mkdir(parents=True)
     (dead / "a.mp4").write_bytes(root.video_bytes)

@@ -123,7 +123,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "retry":
             return _cmd_retry(settings, args.names, every=args.all, from_start=args.from_start)
     except (ConfigError, LayoutError) as exc:
+        if args.command == "health":  # a health check answers healthy (0) or not (1)
+            sys.stdout.write(f"unhealthy: {exc}\n")
+            return RET_FAILED
         return _fail(str(exc))
+    except OSError as exc:
+        # The storage itself refused (permissions, a vanished mount): one clear line.
+        where = f": {exc.filename}" if exc.filename else ""
+        return _fail(f"{exc.strerror or exc}{where}", RET_FAILED)
     raise AssertionError(args.command)
 
 

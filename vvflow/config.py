@@ -255,7 +255,14 @@ def resolve_config_file(flag: str | None, root: Path) -> tuple[Path | None, bool
     if explicit:
         return Path(explicit), True
     default = root / CONFIG_NAME
-    return (default if default.exists() else None), False
+    try:
+        exists = default.exists()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot look into the storage root {root}: {exc.strerror} "
+            "(does the user vvflow runs as own it? see PUID/PGID)"
+        ) from None
+    return (default if exists else None), False
 
 
 def _describe(exc: ValidationError, origin: str) -> str:

@@ -71,11 +71,15 @@ class Daemon:
     # -- lifecycle -----------------------------------------------------------------
 
     def start(self) -> None:
-        self.worker.start()
+        self.worker.start(prepare=False)
         if self.settings.metrics_port is not None:
             self._serve_metrics(self.settings.metrics_host, self.settings.metrics_port)
-        self.worker.recover()
+        # Watch first, so that health checks pass while the index is rebuilt and dead
+        # instances are recovered (both can take a while on a large root).
         self._start_observer()
+        self._write_health()
+        self.worker.prepare()
+        self.worker.recover()
         for i in range(self.settings.workers):
             thread = threading.Thread(target=self._work_loop, name=f"vvflow-worker-{i}")
             thread.start()

@@ -1,11 +1,12 @@
 """Who an instance is, whether it is alive, and the heartbeat that keeps its lease.
 
-An instance is named `<host>-<pid>-<start>` where `start` is the process start time
-in clock ticks since boot (from /proc), so a reused pid is never taken for the
-instance that died. Its folder `processing/<instance>/` holds its claims and a hidden
-heartbeat file whose mtime is its lease. Another instance that takes the claims
-back first deletes the heartbeat: a paused instance that wakes up finds it gone and
-knows it must not write anything.
+An instance is named `<host>-<pid namespace>-<pid>-<start>` where `start` is the
+process start time in clock ticks since boot (from /proc), so a reused pid is never
+taken for the instance that died, and the PID namespace keeps two containers that
+share a hostname from judging each other's pids. Its folder `processing/<instance>/`
+holds its claims and a hidden heartbeat file whose mtime is its lease. Another
+instance that takes the claims back first deletes the heartbeat: a paused instance
+that wakes up finds it gone and knows it must not write anything.
 """
 
 from __future__ import annotations
@@ -43,31 +44,50 @@ def this_host() -> str:
     return _HOST_UNSAFE.sub("_", socket.gethostname()) or "localhost"
 
 
+def this_pid_namespace() -> int:
+    """The inode of this process's PID namespace: two containers may share a hostname
+    (host networking) but never a PID namespace, and a pid means something only in its
+    own namespace."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
 @dataclass(frozen=True)
 class InstanceId:
     host: str
+    namespace: int
     pid: int
     start: int
 
     @property
     def name(self) -> str:
-        return f"{self.host}-{self.pid}-{self.start}"
+        return f"{self.host}-{self.namespace}-{self.pid}-{self.start}"
 
     @classmethod
     def current(cls) -> InstanceId:
-        pid = os.getpid()
-        return cls(this_host(), pid, process_start(pid) or 0)
+        return cls.local(os.getpid())
+
+    @classmethod
+    def local(cls, pid: int, start: int | None = None) -> InstanceId:
+        """The identity a process of this host and PID namespace has (or had)."""
+        if start is None:
+            start = process_start(pid) or 0
+        return cls(this_host(), this_pid_namespace(), pid, start)
 
     @classmethod
     def parse(cls, name: str) -> InstanceId | None:
-        host, _, rest = name.rpartition("-")
-        host, _, pid = host.rpartition("-")
-        if not (host and pid.isdigit() and rest.isdigit()):
+        rest, _, start = name.rpartition("-")
+        rest, _, pid = rest.rpartition("-")
+        host, _, namespace = rest.rpartition("-")
+        if not (host and namespace.isdigit() and pid.isdigit() and start.isdigit()):
             return None
-        return cls(host, int(pid), int(rest))
+        return cls(host, int(namespace), int(pid), int(start))
 
     def is_local(self) -> bool:
-        return self.host == this_host()
+        """Whether its pid can be checked from here: same host, same PID namespace."""
+        return self.host == this_host() and self.namespace == this_pid_namespace()
 
     def is_running_here(self) -> bool:
         """True when this instance is a live process on this host."""

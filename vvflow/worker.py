@@ -71,13 +71,26 @@ class Worker:
 
     # -- lifecycle -----------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, *, prepare: bool = True) -> None:
+        """Check the root and take this instance's lease; `prepare` too unless the
+        caller does it later (the daemon first starts watching, to answer health
+        checks while a large index is rebuilt)."""
         output_dirs = {p.parent for p in self.pipeline.output_paths("x", "x").values()}
         self.layout.ensure(output_dirs)
         self.lease.acquire()
-        if self.settings.dedupe and self.index.ensure():
-            logs.event(Event.INDEX_REBUILT, folder=str(self.index.folder))
         logs.event(Event.STARTED, instance=self.id.name, root=str(self.layout.root))
+        if prepare:
+            self.prepare()
+
+    def prepare(self) -> None:
+        """Rebuild the content index from the reports if it is missing."""
+        started = time.monotonic()
+        if self.settings.dedupe and self.index.ensure():
+            logs.event(
+                Event.INDEX_REBUILT,
+                folder=str(self.index.folder),
+                duration_s=time.monotonic() - started,
+            )
 
     def close(self) -> None:
         self.lease.release()
