@@ -8,21 +8,29 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 
 Image = npt.NDArray[np.uint8]
+_T = TypeVar("_T")
 
 CONTACT_SHEET_NAME = "contact-sheet.jpg"
 JPEG_QUALITY = 88
 KEYFRAME_MAX_SIDE = 1280
 SHEET_MAX_TILES = 300  # keeps the sheet well under JPEG's 65,535-pixel side limit
-_TILE_WIDTH = 320
+# Frames an open scene keeps as keyframe candidates: the one kept nearest the middle of a
+# scene of n frames is at most about n / 8 frames from it, and the sampler holds about
+# twice this many frames (kept and recycled) however long the video is.
+CANDIDATES_PER_SCENE = 8
+THUMBNAIL_WIDTH = 320
+_THUMBNAIL_QUALITY = 95  # thumbnails are encoded twice (kept, then on the sheet)
 _LABEL_HEIGHT = 22
 _GAP = 4
 _BACKGROUND = (32, 32, 32)
@@ -41,36 +49,167 @@ def keyframe_name(index: int) -> str:
     return f"scene-{index:03d}.jpg"
 
 
-def encode_jpeg(image: Image, max_side: int = KEYFRAME_MAX_SIDE) -> bytes:
+def encode_jpeg(
+    image: Image, max_side: int = KEYFRAME_MAX_SIDE, quality: int = JPEG_QUALITY
+) -> bytes:
     """JPEG bytes of a BGR ``image``, shrunk so that its longer side is at most ``max_side``."""
-    height, width = image.shape[:2]
-    scale = max_side / max(height, width)
-    if scale < 1:
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        image = np.asarray(cv2.resize(image, size, interpolation=cv2.INTER_AREA), dtype=np.uint8)
-    ok, buffer = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    image = shrink(image, max_side)
+    ok, buffer = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise RuntimeError("JPEG encoding failed")
     return bytes(buffer.tobytes())
 
 
+def decode_jpeg(data: bytes) -> Image:
+    """The BGR image of JPEG ``data``."""
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise RuntimeError("JPEG decoding failed")
+    return np.asarray(image, dtype=np.uint8)
+
+
+def shrink(image: Image, max_side: int) -> Image:
+    """``image`` scaled down so that its longer side is at most ``max_side``; never up."""
+    height, width = image.shape[:2]
+    scale = max_side / max(height, width)
+    if scale >= 1:
+        return image
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(cv2.resize(image, size, interpolation=cv2.INTER_AREA), dtype=np.uint8)
+
+
+def thumbnail_jpeg(image: Image) -> bytes:
+    """A contact-sheet-sized JPEG of ``image``: a few kB per scene, however many scenes."""
+    height, width = image.shape[:2]
+    size = (THUMBNAIL_WIDTH, max(1, round(THUMBNAIL_WIDTH * height / width)))
+    thumb = np.asarray(cv2.resize(image, size, interpolation=cv2.INTER_AREA), dtype=np.uint8)
+    return encode_jpeg(thumb, quality=_THUMBNAIL_QUALITY)
+
+
+def spread(items: Sequence[_T], limit: int = SHEET_MAX_TILES) -> list[_T]:
+    """At most ``limit`` of ``items``, evenly spread, first one included."""
+    if len(items) <= limit:
+        return list(items)
+    step = len(items) / limit
+    return [items[math.floor(i * step)] for i in range(limit)]
+
+
+def nearest_to_middle(frames: Iterable[int], start: int, end: int) -> int | None:
+    """The frame of ``frames`` in scene [``start``, ``end``) nearest its middle frame.
+
+    None when there is none within a quarter of the scene's length of the middle: a
+    keyframe that far off may show the neighbouring shot's fade or a different set-up.
+    """
+    middle = (start + end - 1) // 2
+    inside = [frame for frame in frames if start <= frame < end]
+    if not inside:
+        return None
+    best = min(inside, key=lambda frame: (abs(frame - middle), frame))
+    return best if abs(best - middle) <= max(1, (end - start) // 4) else None
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A frame kept as a possible keyframe: its number and its image (BGR)."""
+
+    frame: int
+    image: Image
+
+
+class KeyframeSampler:
+    """Keeps frames near the middle of every scene during the single detection pass.
+
+    A cut is known only after the frames that follow it were seen, so the open scene
+    keeps at most ``per_scene`` frames, evenly spaced from its start: when it has more,
+    every other one goes and the spacing doubles. Memory holds about ``per_scene``
+    frames of at most ``max_side`` pixels whatever the length of the video, and no frame
+    is decoded twice (seeking back for each scene's middle cost more than detection).
+
+    Kept frames are copied into buffers that are recycled: holding on to the decoder's
+    own arrays, a few at a time, scattered its allocations over fresh memory, and the
+    page faults slowed decoding by about a third.
+    """
+
+    def __init__(
+        self, per_scene: int = CANDIDATES_PER_SCENE, max_side: int = KEYFRAME_MAX_SIDE
+    ) -> None:
+        self._per_scene = max(2, per_scene)
+        self._max_side = max_side
+        self._candidates: list[Candidate] = []
+        self._spare: list[Image] = []
+        self._start: int | None = None  # first frame of the open scene
+        self._stride = 1
+        self._due = 0  # the next frame number to keep
+        # Frames come from the decoding thread, cuts from the detecting one.
+        self._lock = threading.Lock()
+
+    def offer(self, frame: int, image: Image) -> None:
+        """See frame number ``frame`` (in increasing order); keep a copy if it is due."""
+        with self._lock:
+            if self._start is None:
+                self._start = self._due = frame
+            if frame < self._due:
+                return
+            self._candidates.append(Candidate(frame, self._copy(shrink(image, self._max_side))))
+            self._due = frame + self._stride
+            if len(self._candidates) > self._per_scene:
+                self._spare.extend(c.image for c in self._candidates[1::2])
+                self._candidates = self._candidates[::2]
+                self._stride *= 2
+                self._due = self._candidates[-1].frame + self._stride
+
+    def cut(self, frame: int) -> Candidate | None:
+        """A scene starts at ``frame``: close the open one and return its keyframe.
+
+        None when no kept frame lies close enough to the closed scene's middle, or when
+        ``frame`` does not lie after the open scene's start (a detector reporting a cut
+        out of order): the caller then finds that scene's keyframe another way.
+        """
+        with self._lock:
+            start = self._start
+            if start is None or frame <= start:
+                return None
+            closed = [c for c in self._candidates if c.frame < frame]
+            self._candidates = [c for c in self._candidates if c.frame >= frame]
+            self._start, self._stride = frame, 1
+            self._due = self._candidates[-1].frame + 1 if self._candidates else frame
+            best = nearest_to_middle((c.frame for c in closed), start, frame)
+            chosen = next((c for c in closed if c.frame == best), None)
+            # The chosen frame's buffer now belongs to the caller.
+            self._spare.extend(c.image for c in closed if c is not chosen)
+            return chosen
+
+    def pick(self, start: int, end: int) -> Candidate | None:
+        """A copy of the kept frame nearest the middle of [``start``, ``end``), if any."""
+        with self._lock:
+            best = nearest_to_middle((c.frame for c in self._candidates), start, end)
+            chosen = next((c for c in self._candidates if c.frame == best), None)
+            return None if chosen is None else Candidate(chosen.frame, chosen.image.copy())
+
+    def _copy(self, image: Image) -> Image:
+        while self._spare:
+            buffer = self._spare.pop()
+            if buffer.shape == image.shape:
+                np.copyto(buffer, image)
+                return buffer
+        return image.copy()
+
+
 def contact_sheet(tiles: Sequence[Tile]) -> Image:
     """A grid of ``tiles`` (BGR images), each with its caption, on a dark background."""
-    if len(tiles) > SHEET_MAX_TILES:
-        step = len(tiles) / SHEET_MAX_TILES
-        tiles = [tiles[math.floor(i * step)] for i in range(SHEET_MAX_TILES)]
+    tiles = spread(tiles)
     columns = min(len(tiles), max(1, math.ceil(math.sqrt(len(tiles)))), 6)
     rows = math.ceil(len(tiles) / columns)
     first_h, first_w = tiles[0].image.shape[:2]
-    tile_height = max(1, round(_TILE_WIDTH * first_h / first_w))
-    cell_w, cell_h = _TILE_WIDTH + _GAP, tile_height + _LABEL_HEIGHT + _GAP
+    tile_height = max(1, round(THUMBNAIL_WIDTH * first_h / first_w))
+    cell_w, cell_h = THUMBNAIL_WIDTH + _GAP, tile_height + _LABEL_HEIGHT + _GAP
     sheet = np.empty((rows * cell_h + _GAP, columns * cell_w + _GAP, 3), dtype=np.uint8)
     sheet[:] = _BACKGROUND
     for number, tile in enumerate(tiles):
         x = _GAP + (number % columns) * cell_w
         y = _GAP + (number // columns) * cell_h
-        thumb = cv2.resize(tile.image, (_TILE_WIDTH, tile_height), interpolation=cv2.INTER_AREA)
-        sheet[y : y + tile_height, x : x + _TILE_WIDTH] = thumb
+        thumb = cv2.resize(tile.image, (THUMBNAIL_WIDTH, tile_height), interpolation=cv2.INTER_AREA)
+        sheet[y : y + tile_height, x : x + THUMBNAIL_WIDTH] = thumb
         cv2.putText(
             sheet,
             tile.caption,
