@@ -141,11 +141,15 @@ def repair_moves(journal: Path) -> list[tuple[Path, Path]]:
     return repaired
 
 
-def write_atomic(path: Path, data: bytes, *, tmp_dir: Path | None = None) -> None:
+def write_atomic(
+    path: Path, data: bytes, *, tmp_dir: Path | None = None, durable: bool = True
+) -> None:
     """Write `data` to `path` so that readers see the old file or the whole new one.
 
     The temporary file lives in `tmp_dir` (same filesystem) when given, so that a crash
-    leaves debris only in a folder that recovery cleans, else beside `path`.
+    leaves debris only in a folder that recovery cleans, else beside `path`. `durable`
+    also survives a power loss (fsync of the file and its folder); without it the
+    write is still atomic for every process, a `kill -9` included.
     """
     folder = tmp_dir if tmp_dir is not None else path.parent
     folder.mkdir(parents=True, exist_ok=True)
@@ -157,7 +161,8 @@ def write_atomic(path: Path, data: bytes, *, tmp_dir: Path | None = None) -> Non
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
@@ -165,7 +170,8 @@ def write_atomic(path: Path, data: bytes, *, tmp_dir: Path | None = None) -> Non
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
 def same_file(a: os.stat_result, b: os.stat_result) -> bool:

@@ -45,7 +45,7 @@ from vvflow.errors import (
 )
 from vvflow.events import Event
 from vvflow.instance import RUN_TOKEN, STAGE_PID, process_start, sweep
-from vvflow.report import Attempt, AttemptOutcome, Report, StageStatus, now_iso
+from vvflow.report import Attempt, AttemptOutcome, Report, Saver, StageStatus, now_iso
 
 EX_DATAERR = 65
 TAIL_BYTES = 8192
@@ -130,7 +130,7 @@ class Pipeline:
         job: Job,
         report: Report,
         *,
-        save: Callable[[], None],
+        save: Saver,
         guard: Callable[[], None],
         cancel: threading.Event,
     ) -> None:
@@ -165,7 +165,7 @@ class Pipeline:
                 record.duration_s = round(time.monotonic() - started, 3)
                 report.failed_stage = stage.name
                 report.error = f"{stage.name}: {exc}"
-                save()
+                save(True)
                 logs.event(
                     Event.STAGE_FAILED,
                     level=logging.WARNING,
@@ -180,7 +180,7 @@ class Pipeline:
             record.output = os.path.relpath(final, self.root)
             record.identity = report.identity
             record.duration_s = round(time.monotonic() - started, 3)
-            save()
+            save(True)
             logs.event(
                 Event.STAGE_SUCCEEDED,
                 video=job.name,
@@ -198,7 +198,7 @@ class Pipeline:
         report: Report,
         outputs: dict[str, Path],
         cancel: threading.Event,
-        save: Callable[[], None],
+        save: Saver,
         guard: Callable[[], None],
     ) -> Path:
         tmp = job.workspace / self.output_path(stage, job.name, job.stem).name
@@ -252,7 +252,7 @@ class Pipeline:
         tmp: Path,
         number: int,
         cancel: threading.Event,
-        save: Callable[[], None],
+        save: Saver,
     ) -> None:
         if cancel.is_set():
             raise Cancelled("shutdown requested")

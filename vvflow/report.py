@@ -8,7 +8,7 @@ import os
 import time
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -121,5 +121,12 @@ def dumps(report: Report) -> bytes:
     return json.dumps(report.model_dump(mode="json"), indent=2, ensure_ascii=True).encode()
 
 
-def save(path: Path, report: Report, *, tmp_dir: Path | None = None) -> None:
-    write_atomic(path, dumps(report), tmp_dir=tmp_dir)
+class Saver(Protocol):
+    """Persists a report being written; `durable` asks for fsync (a stage's success, the
+    final state) rather than just an atomic replace (progress on the way)."""
+
+    def __call__(self, durable: bool = False) -> None: ...
+
+
+def save(path: Path, report: Report, *, tmp_dir: Path | None = None, durable: bool = True) -> None:
+    write_atomic(path, dumps(report), tmp_dir=tmp_dir, durable=durable)

@@ -227,10 +227,10 @@ class Worker:
         rep.failed_stage = None
         rep.error = None
 
-        def save() -> None:
+        def save(durable: bool = False) -> None:
             self._guard(claim)
             try:
-                report.save(rpath, rep, tmp_dir=workspace)
+                report.save(rpath, rep, tmp_dir=workspace, durable=durable)
             except OSError as exc:
                 logs.event(
                     Event.REPORT_UNWRITABLE,
@@ -296,7 +296,7 @@ class Worker:
         try:
             # The report first, then the move: a crash between them leaves the video in
             # processing/, where recovery returns it and the report lets it resume.
-            save()
+            save(True)
             self._guard(claim)
             dest = self.layout.finish(claim, state, self.lease.folder)
         except LeaseLost as exc:
@@ -327,7 +327,7 @@ class Worker:
     # -- content identity ------------------------------------------------------------
 
     def _find_original(
-        self, claim: Claim, rep: report.Report, save: Callable[[], None]
+        self, claim: Claim, rep: report.Report, save: report.Saver
     ) -> tuple[report.Report | None, Path | None]:
         """Find a completed video with the same content, hashing this one (once: the
         digest is kept in its report) only when a completed video has its very size.
@@ -356,7 +356,7 @@ class Worker:
                 raise Cancelled("shutdown requested while waiting for the original")
             self._guard(claim)
 
-    def _digest(self, claim: Claim, rep: report.Report, save: Callable[[], None]) -> str:
+    def _digest(self, claim: Claim, rep: report.Report, save: report.Saver) -> str:
         if rep.sha256 is None:
             started = time.monotonic()
             rep.sha256 = dedupe.sha256_file(claim.path, self.cancel)
@@ -376,7 +376,7 @@ class Worker:
         rep: report.Report,
         original: report.Report,
         workspace: Path,
-        save: Callable[[], None],
+        save: report.Saver,
     ) -> bool:
         """Give a duplicate the original's outputs; False (run the stages) when one of
         them is gone."""

@@ -1,7 +1,7 @@
 """``vvflow stage scan VIDEO OUTPUT``: metadata, shots, keyframes and a contact sheet.
 
-Writes the analytic JSON (see README.md, "Built-in stage outputs") to OUTPUT, and one JPEG per scene plus
-``contact-sheet.jpg`` to ``<root>/keyframes/<stem>/``.
+Writes the analytic JSON (README.md, "Built-in stage outputs") to OUTPUT, and one JPEG
+per scene plus ``contact-sheet.jpg`` to ``<root>/keyframes/<stem>/``.
 """
 
 from __future__ import annotations
