@@ -100,13 +100,15 @@ class ContentIndex:
         (self.folder / BUILT).touch()
         return originals
 
-    def record(self, name: str, size: int, *, tmp_dir: Path | None = None) -> None:
+    def record(
+        self, name: str, size: int, *, tmp_dir: Path | None = None, durable: bool = True
+    ) -> None:
         """Index a completed original. `tmp_dir` (the instance's work folder) keeps the
         temporary files of a crashed write where recovery cleans them."""
         data = json.dumps({"name": name}, ensure_ascii=True).encode()
         entry = self.by_size / str(size) / _key(name)
         entry.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(entry, data, tmp_dir=tmp_dir)
+        write_atomic(entry, data, tmp_dir=tmp_dir, durable=durable)
 
     def record_duplicate(self, name: str) -> None:
         self.duplicates.mkdir(parents=True, exist_ok=True)

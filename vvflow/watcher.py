@@ -103,10 +103,31 @@ class PendingEvents(FileSystemEventHandler):
             logs.event(Event.INTERNAL_ERROR, level=logging.ERROR, exc_info=True, where="watcher")
 
 
+def _no_move_pairing_delay() -> None:
+    """watchdog holds every IN_MOVED_FROM for 0.5 s to pair it with its IN_MOVED_TO, and
+    the events queued behind it wait too (watchdog issues 390 and 649, PR 477). Every
+    claim is a rename out of pending/, so with videos arriving back to back each one
+    would be seen half a second late. vvflow needs only the names that appear in
+    pending/; an unpaired IN_MOVED_TO is reported as a creation, which is all it needs."""
+    try:
+        from watchdog.observers.inotify_move_event_grouper import (  # noqa: PLC0415
+            InotifyMoveEventGrouper as Grouper,
+        )
+    except ImportError:  # watchdog < 7
+        try:
+            from watchdog.observers.inotify_buffer import (  # type: ignore[import-not-found,no-redef,unused-ignore]  # noqa: PLC0415
+                InotifyBuffer as Grouper,
+            )
+        except ImportError:
+            return
+    Grouper.delay = 0.0
+
+
 def make_observer(setting: str, pending: Path, poll_seconds: float) -> tuple[str, BaseObserver]:
     """The observer `setting` asks for: `auto` picks polling on network and FUSE mounts."""
     if setting == "polling" or (setting == "auto" and needs_polling(pending)):
         return "polling", PollingObserver(timeout=poll_seconds)
+    _no_move_pairing_delay()
     return "inotify", Observer()
 
 

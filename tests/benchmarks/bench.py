@@ -440,6 +440,53 @@ class Bench:
         )
         return full / "input" / "completed"
 
+    def dedupe_lookup_100k(self) -> None:
+        """The content-identity lookup a worker makes at each claim (the completed
+        originals of the claimed video's size), with 100,000 completed originals in the
+        index against 10."""
+        from vvflow import report as reports
+        from vvflow.dedupe import ContentIndex
+        from vvflow.layout import Layout
+
+        count = self.mode.history_files
+        say(f"dedupe_lookup_100k: {count:,} completed originals vs 10")
+        timings = {}
+        for originals in (10, count):
+            root = self.work / f"dedupe-{originals}"
+            layout = Layout(root, [".mp4"])
+            layout.ensure()
+            index = ContentIndex(layout)
+            for i in range(originals):
+                name = f"v{i:06d}.mp4"
+                size = 1_000_000 + i
+                (layout.completed / name).touch()
+                rep = reports.Report(
+                    name=name, original_name=name, state="completed",
+                    identity=reports.Identity(size=size, mtime_ns=0, inode=i),
+                    sha256=f"{i:064x}",
+                )  # fmt: skip
+                # Setup only: no fsync for 100,000 files.
+                reports.save(layout.report_path(name), rep, durable=False)
+                index.record(name, size, durable=False)
+            rng = random.Random(5)
+            probes = [1_000_000 + rng.randrange(originals) for _ in range(2000)]
+            probes += [5_000_000 + n for n in range(2000)]  # sizes never seen: misses
+            started = time.perf_counter()
+            found = sum(len(index.originals_of_size(size, exclude="")) for size in probes)
+            timings[originals] = (time.perf_counter() - started) / len(probes)
+            assert found == 2000, found
+            shutil.rmtree(root)
+        self.results.append(
+            lower_is_better(
+                "dedupe_lookup_100k",
+                timings[count] * 1e6,
+                timings[10] * 1e6,
+                "us",
+                f"mean lookup per claim (one size folder read, its reports checked), "
+                f"half hits half misses, {count:,} completed originals vs 10; goal ~1x",
+            )
+        )
+
     def noop_pipeline_throughput(self) -> None:
         mode = self.mode
         say(f"noop_pipeline_throughput: {mode.noop_videos} videos x {mode.noop_repeats}")
@@ -736,6 +783,7 @@ ORDER = (
     "scan_vs_scenedetect_cli",
     "idle_rss_mb",
     "idle_rss_mb_100k_pending",
+    "dedupe_lookup_100k",
 )
 
 
@@ -756,6 +804,8 @@ def measure(bench: Bench, only: set[str] | None) -> None:
         bench.drop_to_claim_latency()
     if wanted("scan_vs_decode", "scan_vs_scenedetect_cli"):
         bench.scan_rows()
+    if wanted("dedupe_lookup_100k"):
+        bench.dedupe_lookup_100k()
 
 
 def _figure(value: float) -> str:
