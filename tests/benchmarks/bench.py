@@ -621,9 +621,9 @@ class Bench:
             (
                 "drop_to_claim_latency_stream",
                 ("inotify", "stream"),
-                "as above, each drop 20 ms after the previous video completed: watchdog "
-                "holds every inotify event queued behind a rename out of pending/ (a claim) "
-                "for 0.5 s (watchdog PR 477, issue 649)",
+                "as above, each drop 20 ms after the previous video completed, right behind "
+                "a claim's rename out of pending/ (watchdog would hold it 0.5 s to pair "
+                "moves, issue 649; vvflow turns that delay off)",
             ),
             (
                 "drop_to_claim_latency_polling",
