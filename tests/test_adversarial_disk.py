@@ -1,0 +1,152 @@
+"""Full disk: the storage root on a small tmpfs. A stage whose output does not fit
+fails its video with a clear reason and the daemon goes on; with the disk completely
+full, reports, the health record and outputs cannot be written, and still the daemon
+neither crashes nor loses a video."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Root
+from tests.test_adversarial_support import (
+    Fleet,
+    alive,
+    assert_settled,
+    entries,
+    hostile,
+    leftovers,
+    wait_for,
+)
+
+DISK_MIB = 24
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path, video_bytes: bytes) -> Iterator[Root]:
+    """A root on a tmpfs of DISK_MIB MiB (the stage log stays outside it)."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("needs root and mount(8) to mount a tmpfs")
+    mountpoint = tmp_path / "disk"
+    mountpoint.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={DISK_MIB}m", "tmpfs", str(mountpoint)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        root = Root(mountpoint / "root", tmp_path / "runs.log", video_bytes)
+        root.folder("pending").mkdir(parents=True)
+        yield root
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=True)
+
+
+def _fill(folder: Path) -> list[Path]:
+    """Write files in `folder` until its filesystem is full, to the last block."""
+    fillers = []
+    for number, size in enumerate((1 << 20, 4096, 512)):
+        path = folder / f"filler{number}"
+        fillers.append(path)
+        with path.open("wb", buffering=0) as fh:
+            try:
+                while True:
+                    fh.write(b"\0" * size)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+    return fillers
+
+
+def _health_refused(events: list[dict[str, object]]) -> list[dict[str, object]]:
+    return [e for e in events if e["event"] == "report_unwritable" and "video" not in e]
+
+
+@pytest.mark.timeout(90)
+def test_output_that_does_not_fit_fails_its_video_and_the_daemon_goes_on(
+    small_disk: Root, tmp_path: Path
+) -> None:
+    """A 24 MiB tmpfs; the scan stage of `huge.mp4` writes a 64 MiB output (2 attempts).
+    huge.mp4 ends in failed/ with `No space left on device` in its report, whole and
+    untouched; its partial outputs are deleted, the space is given back; the next
+    video completes; the daemon stops cleanly."""
+    root = small_disk
+    root.configure(
+        [hostile(root, "scan", f"big-if:huge:{64 << 20}", attempts=2),
+         hostile(root, "summarize", inp="{scan}")],
+        stable_seconds=0.1, rescan_seconds=0.5,
+    )  # fmt: skip
+    with Fleet(root, tmp_path) as fleet:
+        run = fleet.start("run")
+        huge = root.drop("huge.mp4")
+        content = huge.read_bytes()
+        wait_for(lambda: entries(root.folder("failed")) == ["huge.mp4"], timeout=60,
+                 what="huge.mp4 failed")  # fmt: skip
+        root.drop("next.mp4")
+        wait_for(lambda: entries(root.folder("completed")) == ["next.mp4"], timeout=30,
+                 what="the next video completed")  # fmt: skip
+        assert run.proc.poll() is None
+        assert run.stop() == 0, run.text()[-3000:]
+
+    rep = root.report("huge.mp4")
+    assert rep["failed_stage"] == "scan"
+    assert "No space left on device" in rep["error"], rep["error"]
+    assert len(rep["stages"]["scan"]["attempts"]) == 2
+    assert (root.folder("failed") / "huge.mp4").read_bytes() == content
+    assert not (root.path / "analytic" / "huge.analytic.json").exists()
+    assert_settled(root, ["huge.mp4", "next.mp4"], ["scan", "summarize"])
+    assert shutil.disk_usage(root.path).used < 4 << 20, "the partial outputs were not deleted"
+
+
+@pytest.mark.timeout(90)
+def test_completely_full_disk_crashes_nothing_and_loses_no_video(
+    small_disk: Root, tmp_path: Path
+) -> None:
+    """The tmpfs filled to the last byte while `vvflow run` runs, then a video renamed
+    into pending/ (a rename needs no space): its report, its outputs and the health
+    record cannot be written. The daemon stays up through several health cycles, the
+    video ends in failed/ (never lost, never in two places), `vvflow status` still
+    answers, and once space is freed the next video completes."""
+    root = small_disk
+    root.configure(
+        [hostile(root, "scan", attempts=2), hostile(root, "summarize", inp="{scan}")],
+        stable_seconds=0.1, rescan_seconds=0.5,
+    )  # fmt: skip
+    staging = root.path / "staging"
+    staging.mkdir()
+    (staging / "full.mp4").write_bytes(root.video_bytes + b"\0full")
+    with Fleet(root, tmp_path) as fleet:
+        run = fleet.start("run")
+        fillers = _fill(root.path)
+        os.rename(staging / "full.mp4", root.folder("pending") / "full.mp4")
+        wait_for(lambda: "full.mp4" in entries(root.folder("failed")), timeout=60,
+                 what="full.mp4 failed", detail=lambda: run.text()[-3000:])  # fmt: skip
+        # Two more health cycles (every 2 s) on the full disk: the daemon stays up.
+        wait_for(lambda: len(_health_refused(run.events())) >= 2, timeout=20,
+                 what="two health records refused on the full disk")  # fmt: skip
+        assert alive(run.pid), run.text()[-3000:]
+        status = root.vvflow("status", "--json", check=0)
+        assert '"failed": 1' in status.stdout
+
+        for filler in fillers:
+            filler.unlink()
+        root.drop("after.mp4")
+        wait_for(lambda: entries(root.folder("completed")) == ["after.mp4"], timeout=30,
+                 what="after.mp4 completed once space is back")  # fmt: skip
+        assert run.stop() == 0, run.text()[-3000:]
+
+    refused = [e for e in run.events() if e["event"] == "report_unwritable"]
+    print(f"\nfull disk: {len(refused)} writes refused (reports, health), daemon up throughout")
+    failed = [e for e in run.events() if e["event"] == "failed"]
+    assert [e["video"] for e in failed] == ["full.mp4"]
+    assert "No space left on device" in str(failed[0]["error"]), failed[0]
+    assert "Traceback" not in run.text()
+    assert entries(root.folder("failed")) == ["full.mp4"]
+    assert entries(root.folder("pending")) == [] and entries(root.folder("processing")) == []
+    assert [p for p in leftovers(root) if p.parent != root.path] == []
