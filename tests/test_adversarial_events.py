@@ -148,13 +148,6 @@ def test_fuse_mount_without_events_is_served_by_rescans(
     assert_settled(root, first + second, ["scan"])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "defect: when input/pending/ is replaced under a running daemon, the inotify watch "
-    "stays on the old folder (watchdog gets IN_IGNORED, its thread stays alive), so "
-    "observer_alive() is true, no restart or rescan follows and `vvflow health` says "
-    "healthy; new videos wait for the next periodic rescan (Daemon._keep_observer / "
-    "Daemon.observer_alive check the thread, not the watched folder's inode)"
-))  # fmt: skip
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("how", ["recreated", "renamed-back"])
 def test_pending_folder_replaced_under_a_running_daemon(

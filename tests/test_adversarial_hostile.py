@@ -351,14 +351,6 @@ def test_video_replaced_while_its_stages_run_is_not_lost(root: Root, tmp_path: P
     assert_settled(root, ["swap.mp4"])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "defect: files under the root are opened without checking their type: a FIFO at "
-    "reports/<name>.json blocks `vvflow once` for good in open() (report.load -> "
-    "Path.read_bytes, reached from Layout.stem_taken and the content index rebuild), and "
-    "SIGTERM cannot stop it (the handler only sets a flag and open() is retried); a "
-    "folder there aborts the whole run with 'Is a directory' and leaves its instance "
-    "folder behind (report.load does not catch IsADirectoryError)"
-))  # fmt: skip
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("planted", ["fifo", "folder"])
 def test_fifo_or_folder_planted_in_reports_blocks_nothing(root: Root, planted: str) -> None:
@@ -386,12 +378,6 @@ def test_fifo_or_folder_planted_in_reports_blocks_nothing(root: Root, planted: s
     assert entries(root.folder("processing")) == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "defect: folders under the root are checked for symlinks only at start: a state or "
-    "output folder swapped for a symlink while the daemon runs is followed, so outputs "
-    "are written and videos filed outside the root (pipeline.publish and Layout.finish "
-    "rename by path; nothing re-checks that the parent is a real folder on the root)"
-))  # fmt: skip
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("folder", ["analytic", "input/completed"])
 def test_folder_swapped_for_a_symlink_while_the_daemon_runs(

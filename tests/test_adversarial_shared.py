@@ -166,13 +166,6 @@ def rename_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     return str(request.param)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "defect: an instance whose lease was taken over still writes: Daemon._write_health "
-    "(atomicfs.write_atomic mkdir(parents=True)) recreates its processing/<instance>/ "
-    "folder, and Worker.claim_and_run claims queued candidates without checking "
-    "lease.held() (with the link fallback, _link_move's journal.mkdir(parents=True) "
-    "recreates the folder by itself), stranding the video there until the process exits"
-))  # fmt: skip
 @pytest.mark.timeout(60)
 def test_instance_that_lost_its_lease_claims_and_writes_nothing(
     root: Root, rename_mode: str
@@ -248,14 +241,6 @@ def _max_overlap(log: list[dict[str, object]]) -> int:
     return best
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "defect: videos of equal size never run at once: the content index allows one video "
-    "of a given size in flight across all workers and instances (dedupe.DigestIndex."
-    "acquire, `.sizes/<size>` markers), and each claim loads the report of every "
-    "completed original of that size (originals_of_size), so equal-size videos are "
-    "processed one at a time and in O(n^2): 200 such videos 5.5 s, 400 17.8 s, against "
-    "4.1 s for 400 of distinct sizes (cp stage, `vvflow once`)"
-))  # fmt: skip
 @pytest.mark.timeout(60)
 def test_videos_of_equal_size_are_processed_in_parallel(root: Root) -> None:
     """Six different videos that happen to have the same size (fixed-length segments of

@@ -221,12 +221,6 @@ def test_stages_writing_anywhere_but_their_output(root: Root, tmp_path: Path) ->
     assert leftovers(root) == [] and entries(root.folder("processing")) == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "defect: a stage that writes to its {video} makes vvflow loop forever: each run ends "
-    "in claim_changed ('modified while being processed'), the video goes back to "
-    "pending/, is claimed again and the stage runs again (about twice a second, without "
-    "end); nothing bounds the returns of one video (Worker.run_claim's changed-claim path)"
-))  # fmt: skip
 @pytest.mark.timeout(60)
 def test_stage_that_edits_its_video_in_place_is_not_rerun_forever(
     root: Root, tmp_path: Path

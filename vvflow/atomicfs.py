@@ -81,7 +81,9 @@ def rename_noreplace(src: Path, dst: Path, *, journal: Path) -> None:
 
 
 def _link_move(src: Path, dst: Path, journal: Path) -> None:
-    journal.mkdir(parents=True, exist_ok=True)
+    # Never `parents=True`: the journal's parent is an instance folder, and recreating
+    # one that recovery removed would resurrect a lost lease.
+    journal.mkdir(exist_ok=True)
     intent = journal / f"{uuid.uuid4().hex}{INTENT_SUFFIX}"
     record = {"src": os.fsencode(src).hex(), "dst": os.fsencode(dst).hex()}
     write_atomic(intent, json.dumps(record).encode(), tmp_dir=journal)
@@ -152,7 +154,8 @@ def write_atomic(
     write is still atomic for every process, a `kill -9` included.
     """
     folder = tmp_dir if tmp_dir is not None else path.parent
-    folder.mkdir(parents=True, exist_ok=True)
+    if tmp_dir is None:
+        folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{uuid.uuid4().hex}.tmp"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)

@@ -66,6 +66,7 @@ class Daemon:
         self._next_health = 0.0
         self._next_recover = 0.0
         self.metrics: Metrics | None = None
+        self._watched: tuple[int, int] | None = None
         self.metrics_port: int | None = None
 
     # -- lifecycle -----------------------------------------------------------------
@@ -118,6 +119,7 @@ class Daemon:
             observer.schedule(handler, str(self.layout.pending), recursive=False)
             observer.start()
         self._observer, self.observer_kind = observer, kind
+        self._watched = self._pending_identity()
         logs.event(Event.WATCHING, observer=kind, folder=str(self.layout.pending))
 
     def _notify(self, name: str) -> None:
@@ -125,7 +127,21 @@ class Daemon:
         self._wake.set()
 
     def observer_alive(self) -> bool:
-        return self._observer is not None and self._observer.is_alive()
+        """The observer runs and still watches the folder that is pending/ now (one
+        removed and made anew, or renamed away and back, gives no events to a watch on
+        the old one)."""
+        return (
+            self._observer is not None
+            and self._observer.is_alive()
+            and self._watched == self._pending_identity()
+        )
+
+    def _pending_identity(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.layout.pending)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
 
     def run(self, stop_requested: Callable[[], bool]) -> int:
         """Process until `stop_requested()`, then shut down cleanly; the exit code."""
@@ -270,10 +286,14 @@ class Daemon:
         logs.event(Event.OBSERVER_RESTARTED, level=logging.WARNING, observer=self.observer_kind)
         if self._observer is not None:
             self._observer.stop()
+        if self._pending_identity() is None and self.layout.input.is_dir():
+            self.layout.pending.mkdir(exist_ok=True)
         self._start_observer()
         self._next_rescan = 0.0  # events were lost while it was down
 
     def _write_health(self) -> None:
+        if not self.worker.lease.held():
+            return  # never recreate the folder of a lease that was taken over
         record = {
             "instance": self.worker.id.name,
             "pid": os.getpid(),
@@ -285,7 +305,10 @@ class Daemon:
         }
         try:
             atomicfs.write_atomic(
-                self.worker.lease.folder / HEALTH, json.dumps(record).encode(), tmp_dir=None
+                self.worker.lease.folder / HEALTH,
+                json.dumps(record).encode(),
+                tmp_dir=self.worker.lease.folder,
+                durable=False,
             )
         except OSError as exc:
             # A full disk must not stop the daemon; health then reads as stale.

@@ -12,8 +12,9 @@ The index under `<root>/index/size/<size>/` names the completed originals of eac
 history's size. It is only a cache of
 `reports/`: an entry is checked against its report and folder before it is believed, a
 wrong one is dropped, and a missing index is rebuilt from the reports. While a video
-is running, a marker `processing/<instance>/.sizes/<size>` says so; a second video of
-the same size waits for it instead of running beside it, and then compares digests.
+is running, a marker `processing/<instance>/.sizes/<size>-<key>` says so and where its
+file is; a video of the same size compares digests with it, and one of the same
+content waits for the earlier one instead of running beside it.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class ContentIndex:
         self.by_size = self.folder / "size"
         self.duplicates = self.folder / "duplicates"
         self._lock = threading.Lock()
+        self._digests: dict[tuple[str, int, int], str] = {}
 
     # -- building ------------------------------------------------------------------
 
@@ -172,36 +174,66 @@ class ContentIndex:
         )
         return digest
 
-    # -- one size in flight at a time ----------------------------------------------------
+    # -- videos of the same size running at once -----------------------------------------
 
-    def _markers(self, size: int) -> list[tuple[int, str, Path]]:
-        found = []
+    def register(self, size: int, claim_path: Path, lease_folder: Path) -> Path:
+        """Say that a video of `size` bytes runs here, and where its file is."""
+        marker = lease_folder / SIZES / f"{size}-{_key(claim_path.name)}"
+        marker.parent.mkdir(exist_ok=True)  # never parents: see atomicfs._link_move
+        data = json.dumps({"path": os.fsencode(claim_path).hex()}).encode()
+        write_atomic(marker, data, tmp_dir=marker.parent, durable=False)
+        return marker
+
+    def others_running(self, size: int, mine: Path) -> bool:
+        """Whether another video of `size` bytes runs now, here or in another instance."""
         for folder in self.layout.instance_folders():
-            marker = folder / SIZES / str(size)
-            if marker.exists() and instance.is_dead(folder, self.lease_seconds):
-                continue  # its claims are about to be recovered; its marker means nothing
-            with contextlib.suppress(FileNotFoundError):
-                found.append((marker.stat().st_mtime_ns, folder.name, marker))
-        return sorted(found)
+            for marker in (folder / SIZES).glob(f"{size}-*"):
+                if marker != mine:
+                    return True
+        return False
 
-    def acquire(self, size: int, lease_folder: Path) -> Path | None:
-        """Mark a video of `size` bytes as running here; None when another one runs first.
+    def earlier_same_content(self, size: int, mine: Path, digest: str) -> bool:
+        """Whether a video of the same content started running before this one (by the
+        marker's age, then instance name: every contender orders them the same way, so
+        the earliest never waits and exactly one of the same content runs)."""
+        try:
+            own = (mine.stat().st_mtime_ns, mine.parent.parent.name)
+        except FileNotFoundError:
+            return False
+        for folder in self.layout.instance_folders():
+            if instance.is_dead(folder, self.lease_seconds):
+                continue  # its claims are about to be recovered; its markers mean nothing
+            for marker in (folder / SIZES).glob(f"{size}-*"):
+                if marker == mine:
+                    continue
+                try:
+                    order = (marker.stat().st_mtime_ns, folder.name)
+                    path = Path(os.fsdecode(bytes.fromhex(json.loads(marker.read_bytes())["path"])))
+                except (OSError, ValueError, KeyError, TypeError):
+                    continue
+                if order < own and self.file_digest(path) == digest:
+                    return True
+        return False
 
-        Every contender orders the markers the same way (oldest first, then by instance
-        name), so exactly one goes ahead; a dead instance's marker vanishes with its
-        folder when its claims are recovered."""
-        mine = lease_folder / SIZES / str(size)
+    def file_digest(self, path: Path) -> str | None:
+        """The digest of a running video's file, hashed once per (path, size, mtime)."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        key = (str(path), st.st_size, st.st_mtime_ns)
         with self._lock:
-            if mine.exists():
-                return None  # another worker of this instance runs a video of this size
-            mine.parent.mkdir(parents=True, exist_ok=True)
-            mine.touch()
-        first = self._markers(size)
-        if first and first[0][2] == mine:
-            return mine
-        with contextlib.suppress(FileNotFoundError):
-            mine.unlink()
-        return None
+            if key in self._digests:
+                return self._digests[key]
+        try:
+            digest = sha256_file(path)
+        except OSError:
+            return None
+        with self._lock:
+            if len(self._digests) > 256:
+                self._digests.clear()
+            self._digests[key] = digest
+        return digest
 
     @staticmethod
     def release(marker: Path | None) -> None:

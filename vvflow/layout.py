@@ -293,6 +293,9 @@ class Layout:
 
     def _move(self, src: Path, folder: Path, name: str, journal: Path) -> Path:
         """Rename `src` into `folder`, as `name` or, if taken there, a free variant of it."""
+        if folder.is_symlink():
+            # Swapped in while running: following it would move the video out of the root.
+            raise LayoutError(f"{folder} has become a symlink; not moving {name!r} into it")
         while True:
             dst = folder / self._free_in(folder, name)
             try:

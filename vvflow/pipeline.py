@@ -158,7 +158,7 @@ class Pipeline:
             try:
                 tmp = self._run_stage(stage, job, report, outputs, cancel, save, guard)
                 guard()
-                publish(tmp, final)
+                publish(tmp, final, self.root)
             except StageError as exc:
                 record.status = StageStatus.FAILED
                 record.error = str(exc)
@@ -426,7 +426,7 @@ def _nonempty_file(path: Path) -> bool:
     return stat.S_ISREG(st.st_mode) and st.st_size > 0
 
 
-def publish(tmp: Path, final: Path) -> None:
+def publish(tmp: Path, final: Path, root: Path | None = None) -> None:
     """Make a stage's finished temporary output its final output, whole, in one rename.
 
     The final path belongs to this video alone (its stem is unique among all videos),
@@ -434,6 +434,12 @@ def publish(tmp: Path, final: Path) -> None:
     # A copy, not the stage's own file: a process the stage left behind may still hold
     # that file open, and nothing may change an output once it is published.
     fresh = tmp.with_name(f".publish-{uuid.uuid4().hex}")
+    if root is not None:
+        folder = final.parent
+        while folder != root and root in folder.parents:
+            if folder.is_symlink():
+                raise AttemptFailed(f"{folder} is a symlink; not publishing outside the root")
+            folder = folder.parent
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(tmp, fresh)

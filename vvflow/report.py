@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import time
 from enum import StrEnum
 from pathlib import Path
@@ -110,9 +111,21 @@ def report_path(reports: Path, name: str) -> Path:
 def load(path: Path) -> Report | None:
     """The report at `path`; None when it is absent or unreadable (treated as no history)."""
     try:
-        return Report.model_validate(json.loads(path.read_bytes()))
-    except (FileNotFoundError, NotADirectoryError, ValidationError, ValueError):
+        # Never block on a FIFO nor follow a symlink planted there: only a regular file
+        # can be a report.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
         return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            data = fh.read()
+        return Report.model_validate(json.loads(data))
+    except (OSError, ValidationError, ValueError):
+        return None
+    finally:
+        os.close(fd)
 
 
 def dumps(report: Report) -> bytes:

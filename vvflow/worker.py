@@ -21,11 +21,14 @@ from typing import Any
 
 from vvflow import dedupe, instance, logs, report
 from vvflow.config import Settings
-from vvflow.errors import Cancelled, ClaimChanged, LeaseLost, StageError
+from vvflow.errors import Cancelled, ClaimChanged, LayoutError, LeaseLost, StageError
 from vvflow.events import Event
 from vvflow.layout import MOVES, WORK, Candidate, Claim, Layout, State, split_name
 from vvflow.pipeline import Job, Pipeline, publish
 from vvflow.report import StageStatus
+
+#: A video that changes under its stages this many times in a row is filed as failed.
+MAX_CHANGES = 3
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,9 @@ class Worker:
         self.id = instance.InstanceId.current()
         self.lease = instance.Lease(self.layout.processing / self.id.name, settings.lease_seconds)
         self.index = dedupe.ContentIndex(self.layout, settings.lease_seconds)
+        #: How often each video (by its name in pending/) changed under its stages.
+        self._changes: dict[str, int] = {}
+        self._changes_lock = threading.Lock()
         #: Set when no new video may be claimed (shutdown requested).
         self.stopping = threading.Event()
         #: Set when running stages must be stopped and their videos returned.
@@ -154,7 +160,7 @@ class Worker:
 
     def claim_and_run(self, candidate: Candidate) -> Outcome | None:
         """Claim one stable candidate and run it; None when it was not ours to run."""
-        if self.stopping.is_set():
+        if self.stopping.is_set() or not self.lease.held():
             return None
         claim = self.layout.claim(candidate, self.lease.folder)
         if claim is None:
@@ -195,15 +201,37 @@ class Worker:
         with contextlib.suppress(OSError):
             rpath.unlink()
         shutil.rmtree(workspace, ignore_errors=True)
-        returned = None
+        returned = failed = None
         if os.path.lexists(claim.path):
-            returned = self.layout.finish(claim, State.PENDING, self.lease.folder).name
+            with self._changes_lock:
+                times = self._changes[claim.original_name] = (
+                    self._changes.get(claim.original_name, 0) + 1
+                )
+            if times < MAX_CHANGES:
+                returned = self.layout.finish(claim, State.PENDING, self.lease.folder).name
+            else:
+                # The same video changed under its stages again and again: most likely a
+                # stage writes to {video}. File it with the reason instead of looping.
+                fresh = report.Report(
+                    name=claim.name,
+                    original_name=claim.original_name,
+                    state=State.FAILED,
+                    identity=report.Identity.of(os.lstat(claim.path)),
+                    instance=self.id.name,
+                    finished_at=report.now_iso(),
+                    error=f"the video {why} {times} times in a row; does a stage write "
+                    "to {video}? Stages must treat their input as read-only",
+                )
+                with contextlib.suppress(OSError):
+                    report.save(rpath, fresh)
+                failed = self.layout.finish(claim, State.FAILED, self.lease.folder).name
         logs.event(
             Event.CLAIM_CHANGED,
             level=logging.WARNING,
             video=claim.name,
             error=why,
             returned_to_pending=returned,
+            failed=failed,
         )
 
     def run_claim(self, claim: Claim) -> Outcome | None:
@@ -305,6 +333,20 @@ class Worker:
         except ClaimChanged as exc:
             self._abandon(claim, rep, rpath, workspace, str(exc))
             return None
+        except LayoutError as exc:
+            # The root's folders changed under us (a folder swapped for a symlink): file
+            # the video as failed with the reason if that folder is still sound, else
+            # leave it where it is; never move it anywhere else.
+            logs.event(Event.INTERNAL_ERROR, level=logging.ERROR, video=claim.name, error=str(exc))
+            if state == State.FAILED:
+                return None
+            rep.state, rep.error = State.FAILED, str(exc)
+            try:
+                save(True)
+                dest = self.layout.finish(claim, State.FAILED, self.lease.folder)
+            except (LayoutError, LeaseLost, ClaimChanged, OSError):
+                return None
+            state = State.FAILED
         finally:
             shutil.rmtree(workspace, ignore_errors=True)
             self.index.release(marker)
@@ -330,31 +372,38 @@ class Worker:
         self, claim: Claim, rep: report.Report, save: report.Saver
     ) -> tuple[report.Report | None, Path | None]:
         """Find a completed video with the same content, hashing this one (once: the
-        digest is kept in its report) only when a completed video has its very size.
-        While another video of that size runs, wait for it. Returns the original, or the
-        marker that makes this video the one to run."""
+        digest is kept in its report) only when a video of its very size is completed
+        or running. While an earlier video of the same content runs, wait for it.
+        Returns the original, or this video's running marker."""
         size = claim.identity.size
+        marker: Path | None = None
         waiting_since: float | None = None
-        while True:
-            same_size = self.index.originals_of_size(size, exclude=claim.name)
-            if same_size:
-                digest = self._digest(claim, rep, save)
-                for candidate in same_size:
-                    if self.index.digest_of(candidate, self.cancel) == digest:
-                        return candidate, None
-            marker = self.index.acquire(size, self.lease.folder)
-            if marker is not None:
-                now_same = self.index.originals_of_size(size, exclude=claim.name)
-                if [r.name for r in now_same] == [r.name for r in same_size]:
+        try:
+            while True:
+                same_size = self.index.originals_of_size(size, exclude=claim.name)
+                if same_size:
+                    digest = self._digest(claim, rep, save)
+                    for candidate in same_size:
+                        if self.index.digest_of(candidate, self.cancel) == digest:
+                            self.index.release(marker)
+                            return candidate, None
+                if marker is None:
+                    marker = self.index.register(size, claim.path, self.lease.folder)
+                    continue  # look again: one may have completed meanwhile
+                if not self.index.others_running(size, marker):
                     return None, marker
-                self.index.release(marker)  # one completed meanwhile: compare again
-                continue
-            if waiting_since is None:
-                waiting_since = time.monotonic()
-                logs.event(Event.WAITING_FOR_ORIGINAL, video=claim.name, size=size)
-            if self.cancel.wait(0.2):
-                raise Cancelled("shutdown requested while waiting for the original")
-            self._guard(claim)
+                digest = self._digest(claim, rep, save)
+                if not self.index.earlier_same_content(size, marker, digest):
+                    return None, marker
+                if waiting_since is None:
+                    waiting_since = time.monotonic()
+                    logs.event(Event.WAITING_FOR_ORIGINAL, video=claim.name, size=size)
+                if self.cancel.wait(0.2):
+                    raise Cancelled("shutdown requested while waiting for the original")
+                self._guard(claim)
+        except BaseException:
+            self.index.release(marker)
+            raise
 
     def _digest(self, claim: Claim, rep: report.Report, save: report.Saver) -> str:
         if rep.sha256 is None:
@@ -393,7 +442,7 @@ class Worker:
                 tmp.unlink()
             dedupe.derive_output(source, tmp, names)
             self._guard(claim)
-            publish(tmp, targets[stage])
+            publish(tmp, targets[stage], self.layout.root)
             record = rep.stage(stage)
             record.status = StageStatus.SUCCEEDED
             record.output = os.path.relpath(targets[stage], self.layout.root)
