@@ -13,10 +13,11 @@ from collections.abc import Sequence
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) >= 2 and args[0] == "stage" and args[1] in ("scan", "summarize", "logline"):
+    if len(args) >= 2 and args[0] == "stage":
         from vvflow.stages import STAGES  # noqa: PLC0415 (the point: import only this)
 
-        return STAGES[args[1]](args[2:])
+        if args[1] in STAGES:
+            return STAGES[args[1]](args[2:])
     from vvflow.commands import main as commands_main  # noqa: PLC0415
 
     return commands_main(args)

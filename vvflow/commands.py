@@ -21,6 +21,7 @@ from vvflow.daemon import Daemon, check_health
 from vvflow.errors import ConfigError, LayoutError
 from vvflow.layout import Layout, State
 from vvflow.progress import ProgressBar
+from vvflow.stages import STAGES
 from vvflow.worker import Worker
 
 RET_OK = 0
@@ -81,7 +82,7 @@ def _build_parser() -> _Parser:
     sub.add_parser("doctor", parents=[common], help="preflight checks")
 
     stage = sub.add_parser("stage", help="run one built-in stage by hand")
-    stage.add_argument("stage", choices=["scan", "summarize", "logline"])
+    stage.add_argument("stage", choices=sorted(STAGES))
     stage.add_argument("args", nargs=argparse.REMAINDER)
     return parser
 
@@ -217,10 +218,6 @@ def _cmd_retry(settings: Settings, names: list[str], *, every: bool, from_start:
 
 
 def _cmd_stage(args: argparse.Namespace) -> int:
-    try:
-        from vvflow.stages import STAGES  # noqa: PLC0415 (heavy media imports, only here)
-    except ImportError as exc:
-        return _fail(f"built-in stages unavailable: {exc}", RET_FAILED)
     return STAGES[args.stage](list(args.args))
 
 

@@ -386,9 +386,14 @@ class Layout:
         for path in self.claims_in(folder):
             with contextlib.suppress(FileNotFoundError):
                 returned.append(self._move(path, self.pending, path.name, journal))
-        shutil.rmtree(folder / WORK, ignore_errors=True)
-        shutil.rmtree(folder / MOVES, ignore_errors=True)
-        for leftover in folder.glob(".*"):  # heartbeat, health, digest markers, ...
+        self.remove_instance_folder(folder)
+        return returned, repaired
+
+    def remove_instance_folder(self, folder: Path) -> None:
+        """Delete an instance folder's hidden bookkeeping (work folders, move journal,
+        heartbeat, health record, size markers) and the folder itself once no claim is
+        left in it. Only for a dead instance, or one's own on the way out."""
+        for leftover in folder.glob(".*"):
             if leftover.is_dir() and not leftover.is_symlink():
                 shutil.rmtree(leftover, ignore_errors=True)
             else:
@@ -397,7 +402,6 @@ class Layout:
         with contextlib.suppress(OSError):
             folder.rmdir()
         atomicfs.fsync_dir(self.processing)
-        return returned, repaired
 
     def _kill_orphans(self, work: Path) -> None:
         for pidfile in work.glob(f"*/{instance.STAGE_PID}"):

@@ -35,7 +35,7 @@ from tenacity import (
 
 from vvflow import logs
 from vvflow.atomicfs import fsync_dir
-from vvflow.config import StageConfig
+from vvflow.config import PLACEHOLDERS, StageConfig
 from vvflow.errors import (
     AttemptFailed,
     BadInput,
@@ -156,7 +156,8 @@ class Pipeline:
             save()
             started = time.monotonic()
             try:
-                tmp = self._run_stage(stage, job, report, outputs, cancel, save, guard)
+                tmp = job.workspace / final.name
+                self._run_stage(stage, job, report, outputs, tmp, cancel, save, guard)
                 guard()
                 publish(tmp, final, self.root)
             except StageError as exc:
@@ -197,11 +198,12 @@ class Pipeline:
         job: Job,
         report: Report,
         outputs: dict[str, Path],
+        tmp: Path,
         cancel: threading.Event,
         save: Saver,
         guard: Callable[[], None],
-    ) -> Path:
-        tmp = job.workspace / self.output_path(stage, job.name, job.stem).name
+    ) -> None:
+        """Run a stage, with its retries, until it leaves a finished output at `tmp`."""
         values = {
             "video": str(job.video),
             "name": job.name,
@@ -241,7 +243,6 @@ class Pipeline:
                 number = first_attempt + attempt.retry_state.attempt_number - 1
                 guard()
                 self._attempt(stage, job, report, values, tmp, number, cancel, save)
-        return tmp
 
     def _attempt(
         self,
@@ -262,20 +263,9 @@ class Pipeline:
         argv = [arg.format_map(values) for arg in stage.command]
         env = dict(os.environ)
         env.update(self.extra_env)
-        env.update(
-            {
-                f"VVFLOW_{key.upper()}": value
-                for key, value in values.items()
-                if key in ("video", "name", "stem", "root", "output")
-            }
-        )
-        env.update(
-            {
-                f"VVFLOW_STAGE_{key.upper()}": value
-                for key, value in values.items()
-                if key not in ("video", "name", "stem", "root", "output")
-            }
-        )
+        for key, value in values.items():
+            prefix = "VVFLOW_" if key in PLACEHOLDERS else "VVFLOW_STAGE_"
+            env[prefix + key.upper()] = value
         started_at, started = now_iso(), time.monotonic()
         logs.event(Event.STAGE_STARTED, video=job.name, stage=stage.name, attempt=number)
 

@@ -100,17 +100,7 @@ class Worker:
 
     def close(self) -> None:
         self.lease.release()
-        shutil.rmtree(self.lease.folder / WORK, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            self.journal.rmdir()
-        for bookkeeping in self.lease.folder.glob(".*"):
-            if bookkeeping.is_dir() and not bookkeeping.is_symlink():
-                shutil.rmtree(bookkeeping, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    bookkeeping.unlink()
-        with contextlib.suppress(OSError):
-            self.lease.folder.rmdir()
+        self.layout.remove_instance_folder(self.lease.folder)
 
     def recover(self) -> int:
         """Return the claims of every dead instance to pending/. Returns how many."""
