@@ -278,12 +278,6 @@ class Worker:
                     job, rep, save=save, guard=lambda: self._guard(claim), cancel=self.cancel
                 )
             state = State.COMPLETED
-            if self.settings.dedupe:
-                # Before the move: a crash after it must not leave an original unindexed.
-                if rep.duplicate_of is None:
-                    self.index.record(claim.name, claim.identity.size, tmp_dir=workspace)
-                else:
-                    self.index.record_duplicate(claim.name)
         except StageError:
             state = State.FAILED
         except Cancelled:
@@ -315,6 +309,8 @@ class Worker:
             # The report first, then the move: a crash between them leaves the video in
             # processing/, where recovery returns it and the report lets it resume.
             save(True)
+            if state == State.COMPLETED and self.settings.dedupe:
+                self._index(claim, rep, workspace)
             self._guard(claim)
             dest = self.layout.finish(claim, state, self.lease.folder)
         except LeaseLost as exc:
@@ -394,6 +390,21 @@ class Worker:
         except BaseException:
             self.index.release(marker)
             raise
+
+    def _index(self, claim: Claim, rep: report.Report, workspace: Path) -> None:
+        """Index a completed video, after its report says so and before its move: a
+        lookup believes an entry only when the report agrees (one written earlier would
+        be dropped by a concurrent lookup), and a crash after the move must not leave
+        an original unindexed. The index is a cache: a failed write only loses a
+        duplicate match."""
+        try:
+            if rep.duplicate_of is None:
+                self.index.record(claim.name, claim.identity.size, tmp_dir=workspace)
+            else:
+                self.index.record_duplicate(claim.name)
+        except OSError as exc:
+            logs.event(Event.REPORT_UNWRITABLE, level=logging.ERROR, video=claim.name,
+                       error=f"cannot index {claim.name!r}: {exc.strerror}")  # fmt: skip
 
     def _digest(self, claim: Claim, rep: report.Report, save: report.Saver) -> str:
         if rep.sha256 is None:
