@@ -87,7 +87,7 @@ class Daemon:
             self._threads.append(thread)
 
     def _serve_metrics(self, host: str, port: int) -> None:
-        self.metrics = Metrics(self.layout, self.queue_length)
+        self.metrics = Metrics(self.layout, self.queue_length, self.worker.lease.heartbeat)
         try:
             self.metrics_port = self.metrics.serve(host, port)
         except OSError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
@@ -16,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from vvflow import instance, logs
+from vvflow import logs
 from vvflow.events import Event
 from vvflow.layout import Layout, State
 
@@ -26,9 +27,12 @@ STAGE_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, flo
 class _Snapshot(Collector):
     """Gauges computed when scraped."""
 
-    def __init__(self, layout: Layout, queue_length: Callable[[], dict[str, int]]) -> None:
+    def __init__(
+        self, layout: Layout, queue_length: Callable[[], dict[str, int]], heartbeat: Path
+    ) -> None:
         self.layout = layout
         self.queue_length = queue_length
+        self.heartbeat = heartbeat
 
     def collect(self) -> Iterator[Metric]:
         videos = GaugeMetricFamily("vvflow_videos", "Videos by state (folder)", labels=["state"])
@@ -49,9 +53,8 @@ class _Snapshot(Collector):
             "vvflow_last_heartbeat_timestamp_seconds",
             "Unix time of this instance's last heartbeat",
         )
-        folder = self.layout.processing / instance.InstanceId.current().name
         try:
-            beat.add_metric([], (folder / instance.HEARTBEAT).stat().st_mtime)
+            beat.add_metric([], self.heartbeat.stat().st_mtime)
         except FileNotFoundError:
             beat.add_metric([], 0.0)
         yield beat
@@ -60,7 +63,9 @@ class _Snapshot(Collector):
 class Metrics:
     """The metrics of one instance and the HTTP endpoint that serves them."""
 
-    def __init__(self, layout: Layout, queue_length: Callable[[], dict[str, int]]) -> None:
+    def __init__(
+        self, layout: Layout, queue_length: Callable[[], dict[str, int]], heartbeat: Path
+    ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.stage_seconds = Histogram(
@@ -87,7 +92,7 @@ class Metrics:
                                  registry=r)  # fmt: skip
         for source in ("event", "rescan"):
             self.found.labels(source)
-        self.registry.register(_Snapshot(layout, queue_length))
+        self.registry.register(_Snapshot(layout, queue_length, heartbeat))
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
         self._unsubscribe = logs.subscribe(self.on_event)
