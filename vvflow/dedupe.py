@@ -156,6 +156,21 @@ class ContentIndex:
                 found.append(rep)
         return found
 
+    def find(
+        self, size: int, digest: Callable[[], str], *, exclude: str, cancel: threading.Event
+    ) -> report.Report | None:
+        """The completed original with the content of a claimed video of `size` bytes
+        (other than `exclude`), or None; `digest()` gives the claimed video's digest and
+        is called only when a completed original of that size exists."""
+        same_size = self.originals_of_size(size, exclude=exclude)
+        if not same_size:
+            return None
+        mine = digest()
+        for candidate in same_size:
+            if self.digest_of(candidate, cancel) == mine:
+                return candidate
+        return None
+
     def digest_of(self, original: report.Report, cancel: threading.Event) -> str:
         """The digest of a completed original, hashing it now (once) if it never was."""
         if original.sha256 is not None:

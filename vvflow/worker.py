@@ -366,13 +366,13 @@ class Worker:
         waiting_since: float | None = None
         try:
             while True:
-                same_size = self.index.originals_of_size(size, exclude=claim.name)
-                if same_size:
-                    digest = self._digest(claim, rep, save)
-                    for candidate in same_size:
-                        if self.index.digest_of(candidate, self.cancel) == digest:
-                            self.index.release(marker)
-                            return candidate, None
+                original = self.index.find(
+                    size, lambda: self._digest(claim, rep, save), exclude=claim.name,
+                    cancel=self.cancel,
+                )  # fmt: skip
+                if original is not None:
+                    self.index.release(marker)
+                    return original, None
                 if marker is None:
                     marker = self.index.register(size, claim.path, self.lease.folder)
                     continue  # look again: one may have completed meanwhile
