@@ -205,7 +205,8 @@ def assert_settled(root: Root, names: Iterable[str], stages: Iterable[str] = OUT
 
     - every name is in exactly one of completed/ and failed/, and nothing else is there
       (no `-2` duplicate, no stray file); pending/ and processing/ are empty;
-    - a completed video has every output, each whole JSON written for that very video;
+    - a completed video has every output, each whole JSON written for that very video
+      (a duplicate's, derived from its original's, name the original);
     - every report agrees with the folder its video is in;
     - no temporary or hidden file is left anywhere under the root.
     """
@@ -222,10 +223,12 @@ def assert_settled(root: Root, names: Iterable[str], stages: Iterable[str] = OUT
     assert entries(root.folder("processing")) == [], list(root.folder("processing").rglob("*"))
     for name in completed:
         stem = os.path.splitext(name)[0]
+        rep = root.report(name)
+        # A duplicate's outputs are its original's: the name in them is the original's.
+        ran = rep.get("duplicate_of") or name
         for stage, path in output_paths(root, stages, stem).items():
             data = json.loads(path.read_bytes())  # whole: it parses
-            assert data["stage"] == stage and data["video"] == name, (path, data)
-        rep = root.report(name)
+            assert data["stage"] == stage and data["video"] == ran, (path, data)
         assert rep["state"] == "completed", (name, rep["state"])
         assert all(rep["stages"][s]["status"] == "succeeded" for s in stages), rep["stages"]
     for name in failed:

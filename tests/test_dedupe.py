@@ -28,9 +28,12 @@ def test_same_bytes_under_a_second_name_run_no_stage(root: Root) -> None:
     assert {s["status"] for s in report["stages"].values()} == {"succeeded"}
     # The outputs are whole, and where they name the video they name the copy.
     scan = json.loads((root.path / "analytic" / "copy of original.analytic.json").read_text())
-    assert scan["env"]["VVFLOW_NAME"] == "copy of original.mp4"
-    assert scan["env"]["VVFLOW_STEM"] == "copy of original"
+    # Paths derived from the original are the copy's; names and stems are the stage's
+    # data, kept as the stage wrote them (a field "stage": "scan" is not a name).
     assert scan["input"].endswith("/copy of original.mp4")
+    assert scan["env"]["VVFLOW_VIDEO"] == scan["input"]
+    assert scan["env"]["VVFLOW_NAME"] == "original.mp4"
+    assert scan["env"]["VVFLOW_STEM"] == "original"
     summary = json.loads((root.path / "summaries" / "copy of original.summary.json").read_text())
     assert summary["size"] > 0
     original_scan = json.loads((root.path / "analytic" / "original.analytic.json").read_text())
@@ -101,7 +104,7 @@ def test_stale_index_entries_are_repaired(root: Root) -> None:
     root.drop("a.mp4", root.video_bytes)
     root.vvflow("once", check=0)
     size_dir = root.path / "index" / "size" / str(len(root.video_bytes))
-    [entry] = list(size_dir.iterdir())
+    assert len(list(size_dir.iterdir())) == 1  # the original, unhashed: its size was new
     # Entries that lie (a name that is not a completed video, garbage left by a broken
     # tool) are not believed and are dropped; the true one still answers.
     (size_dir / ("0" * 32)).write_text('{"name": "gone.mp4"}')
@@ -109,10 +112,14 @@ def test_stale_index_entries_are_repaired(root: Root) -> None:
     root.drop("a again.mp4", root.video_bytes)
     root.vvflow("once", check=0)
     assert root.report("a again.mp4")["duplicate_of"] == "a.mp4"
-    assert sorted(p.name for p in size_dir.iterdir()) == [entry.name]
+    # The original, never hashed in its own run (its size was new), was hashed once and
+    # moved to the digest index.
+    assert sorted(p.name for p in size_dir.iterdir()) == []
+    by_digest = root.path / "index" / "sha256" / root.report("a.mp4")["sha256"]
+    assert json.loads(by_digest.read_text()) == {"names": ["a.mp4"]}
     # The original's entry lost (as if the index were damaged): the copy runs its stages,
     # and becomes an original itself, never a false duplicate.
-    entry.unlink()
+    by_digest.unlink()
     root.drop("a third.mp4", root.video_bytes)
     root.vvflow("once", check=0)
     assert root.report("a third.mp4")["duplicate_of"] is None

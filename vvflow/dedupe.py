@@ -1,20 +1,27 @@
 """Content identity: a video whose bytes were already processed runs no stage again.
 
-Two videos can only have the same content if they have the same size, so the index is
-keyed by size first: a claimed video is hashed (SHA-256, streamed, in the worker) only
-when a completed video of exactly its size exists, and then at most once, the digest
-kept in its report. A completed original of that size that was never hashed is hashed
-then, once, the same way. A video of a size never seen before is never read by vvflow
-at all (a sparse 100 GiB file costs nothing).
+Two videos can only have the same content if they have the same size, so a claimed
+video is hashed (SHA-256, streamed, in the worker) only when a completed video of
+exactly its size exists, and then at most once, the digest kept in its report. A
+video of a size never seen before is never read by vvflow at all (a sparse 100 GiB
+file costs nothing).
 
-The index under `<root>/index/size/<size>/` names the completed originals of each size
-(their reports hold their digests), so a lookup reads one small folder whatever the
-history's size. It is only a cache of
-`reports/`: an entry is checked against its report and folder before it is believed, a
-wrong one is dropped, and a missing index is rebuilt from the reports. While a video
-is running, a marker `processing/<instance>/.sizes/<size>-<key>` says so and where its
-file is; a video of the same size compares digests with it, and one of the same
-content waits for the earlier one instead of running beside it.
+The index under `<root>/index/` answers a lookup in a few small reads, however many
+originals share a size (fixed-size camera segments all do): `hashed/<size>` says that
+originals of that size exist, `sha256/<digest>` names those of that content, and
+`size/<size>/<key>` names an original of that size whose digest is not known yet (its
+size was new when it ran; an index written before the digest index is all of this
+form); the first lookup of that size hashes each such original once and moves it to
+`sha256/`. The index is only a cache of `reports/`: a match is checked against its
+report and its file in completed/ before it is believed, a wrong entry is dropped, and
+a missing index is rebuilt from the reports. While a video is running, a marker
+`processing/<instance>/.sizes/<size>-<key>` says so and where its file is; a video of
+the same size compares digests with it, and one of the same content waits for the
+earlier one instead of running beside it.
+
+A duplicate's outputs are its original's, with only the paths derived from the
+original (its video, its outputs) made its own where they are whole JSON values: a
+field that happens to equal the video's name or stem is the stage's data.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,14 +66,19 @@ def _key(name: str) -> str:
 
 
 class ContentIndex:
-    """`index/size/<size>/<key>` -> the name of a completed original of that size; its
-    report holds its digest."""
+    """Where to find the completed originals of a content: `index/sha256/<digest>` lists
+    their names, `index/hashed/<size>` says that some are of that size, and
+    `index/size/<size>/<key>` names an original of that size never hashed yet (the
+    whole index was of that form before 0.x; such entries are hashed and moved on the
+    first lookup of their size). Reports hold the truth; this is their cache."""
 
     def __init__(self, layout: Layout, lease_seconds: float = 60.0) -> None:
         self.layout = layout
         self.lease_seconds = lease_seconds
         self.folder = layout.root / INDEX
         self.by_size = self.folder / "size"
+        self.hashed = self.folder / "hashed"
+        self.by_digest = self.folder / "sha256"
         self.duplicates = self.folder / "duplicates"
         self._lock = threading.Lock()
         self._digests: dict[tuple[str, int, int], str] = {}
@@ -94,7 +107,8 @@ class ContentIndex:
             if rep is None or rep.state != State.COMPLETED:
                 continue
             if rep.duplicate_of is None:
-                self.record(rep.name, rep.identity.size)
+                # A cache: an entry lost to a power cut costs a match, not a video.
+                self.record(rep.name, rep.identity.size, rep.sha256, durable=False)
                 originals += 1
             else:
                 self.record_duplicate(rep.name)
@@ -103,14 +117,32 @@ class ContentIndex:
         return originals
 
     def record(
-        self, name: str, size: int, *, tmp_dir: Path | None = None, durable: bool = True
+        self,
+        name: str,
+        size: int,
+        digest: str | None = None,
+        *,
+        tmp_dir: Path | None = None,
+        durable: bool = True,
     ) -> None:
-        """Index a completed original. `tmp_dir` (the instance's work folder) keeps the
-        temporary files of a crashed write where recovery cleans them."""
-        data = json.dumps({"name": name}, ensure_ascii=True).encode()
-        entry = self.by_size / str(size) / _key(name)
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(entry, data, tmp_dir=tmp_dir, durable=durable)
+        """Index a completed original, by its digest when it is known. `tmp_dir` (the
+        instance's work folder) keeps the temporary files of a crashed write where
+        recovery cleans them."""
+        unhashed = self.by_size / str(size) / _key(name)
+        if digest is None:
+            data = json.dumps({"name": name}, ensure_ascii=True).encode()
+            unhashed.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(unhashed, data, tmp_dir=tmp_dir, durable=durable)
+            return
+        # The size's marker first: a lookup that sees neither it nor an unhashed entry
+        # of that size skips hashing, so one of them must be there at every moment.
+        self.hashed.mkdir(parents=True, exist_ok=True)
+        (self.hashed / str(size)).touch()
+        names = self._names(digest)
+        if name not in names:
+            self._write_names(digest, [*names, name], tmp_dir=tmp_dir, durable=durable)
+        with contextlib.suppress(FileNotFoundError):
+            unhashed.unlink()
 
     def record_duplicate(self, name: str) -> None:
         self.duplicates.mkdir(parents=True, exist_ok=True)
@@ -122,54 +154,112 @@ class ContentIndex:
         except FileNotFoundError:
             return 0
 
-    # -- looking up ----------------------------------------------------------------
-
-    def _believe(self, entry: Path, name: str) -> report.Report | None:
-        """The report of the completed original an entry names, or None; an entry whose
-        report says otherwise is dropped (a crash mid-write, a video removed)."""
-        rep = report.load(self.layout.report_path(name))
-        if rep is None or rep.state != State.COMPLETED or rep.duplicate_of is not None:
-            with contextlib.suppress(FileNotFoundError):
-                entry.unlink()
-            return None
-        if not os.path.lexists(self.layout.completed / name):
-            return None  # recorded, not yet filed (entries are written before the move)
-        return rep
-
-    def originals_of_size(self, size: int, *, exclude: str) -> list[report.Report]:
-        """The completed originals of exactly `size` bytes."""
-        found: list[report.Report] = []
+    def _names(self, digest: str) -> list[str]:
+        """The names `index/sha256/<digest>` lists; none when it is absent or garbage."""
         try:
-            entries = list(os.scandir(self.by_size / str(size)))
+            names = json.loads((self.by_digest / digest).read_bytes())["names"]
         except FileNotFoundError:
-            return found
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            try:
-                name = json.loads(Path(entry.path).read_bytes())["name"]
-            except (FileNotFoundError, ValueError, KeyError, TypeError):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(entry.path)
-                continue
-            if name != exclude and (rep := self._believe(Path(entry.path), name)) is not None:
-                found.append(rep)
-        return found
+            return []
+        except (OSError, ValueError, KeyError, TypeError):
+            names = None
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            with contextlib.suppress(FileNotFoundError):
+                (self.by_digest / digest).unlink()
+            return []
+        return names
+
+    def _write_names(
+        self, digest: str, names: list[str], *, tmp_dir: Path | None = None, durable: bool = True
+    ) -> None:
+        # Two originals of one content recorded at the very same moment may lose one
+        # name here: a cache miss (the other still answers), never a false match.
+        path = self.by_digest / digest
+        if not names:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            return
+        self.by_digest.mkdir(parents=True, exist_ok=True)
+        data = json.dumps({"names": names}, ensure_ascii=True).encode()
+        write_atomic(path, data, tmp_dir=tmp_dir, durable=durable)
+
+    # -- looking up ----------------------------------------------------------------
 
     def find(
         self, size: int, digest: Callable[[], str], *, exclude: str, cancel: threading.Event
     ) -> report.Report | None:
         """The completed original with the content of a claimed video of `size` bytes
         (other than `exclude`), or None; `digest()` gives the claimed video's digest and
-        is called only when a completed original of that size exists."""
-        same_size = self.originals_of_size(size, exclude=exclude)
-        if not same_size:
+        is called only when a completed original of that size exists. Reads the few
+        entries of that digest, however many originals share the size."""
+        if not self._size_known(size):
             return None
         mine = digest()
-        for candidate in same_size:
-            if self.digest_of(candidate, cancel) == mine:
-                return candidate
+        self._hash_unhashed(size, cancel)
+        for name in self._names(mine):
+            if name != exclude and (rep := self._believe(name, size, mine)) is not None:
+                return rep
         return None
+
+    def _size_known(self, size: int) -> bool:
+        """Whether a completed original of `size` bytes may exist (then hashing pays)."""
+        if (self.hashed / str(size)).exists():
+            return True
+        try:
+            with os.scandir(self.by_size / str(size)) as entries:
+                return any(not e.name.startswith(".") for e in entries)
+        except FileNotFoundError:
+            return False
+
+    def _hash_unhashed(self, size: int, cancel: threading.Event) -> None:
+        """Move the originals of `size` bytes never hashed to the digest index, hashing
+        each (once: the digest goes to its report) unless its report has the digest."""
+        try:
+            with os.scandir(self.by_size / str(size)) as it:
+                entries = [Path(e.path) for e in it if not e.name.startswith(".")]
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            try:
+                name = json.loads(entry.read_bytes())["name"]
+                if not isinstance(name, str):
+                    raise TypeError(name)
+            except FileNotFoundError:
+                continue  # moved meanwhile by another lookup
+            except (OSError, ValueError, KeyError, TypeError):
+                with contextlib.suppress(FileNotFoundError):
+                    entry.unlink()
+                continue
+            rep = report.load(self.layout.report_path(name))
+            if rep is None or rep.state != State.COMPLETED or rep.duplicate_of is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    entry.unlink()  # a crash mid-write, a video removed or rerun
+                continue
+            if not self._filed(rep):
+                continue  # recorded, not yet filed (entries are written before the move)
+            self.record(name, size, self.digest_of(rep, cancel), durable=False)
+
+    def _filed(self, rep: report.Report) -> bool:
+        """Whether completed/ holds the very file `rep` describes (not a replacement)."""
+        try:
+            st = os.lstat(self.layout.completed / rep.name)
+        except OSError:
+            return False
+        return (st.st_size, st.st_mtime_ns) == (rep.identity.size, rep.identity.mtime_ns)
+
+    def _believe(self, name: str, size: int, digest: str) -> report.Report | None:
+        """The report of the completed original `name` if it has this content and its
+        file is in completed/; an entry its report contradicts is dropped."""
+        rep = report.load(self.layout.report_path(name))
+        if (
+            rep is None
+            or rep.state != State.COMPLETED
+            or rep.duplicate_of is not None
+            or rep.sha256 != digest
+            or rep.identity.size != size
+        ):
+            self._write_names(digest, [n for n in self._names(digest) if n != name])
+            return None
+        return rep if self._filed(rep) else None
 
     def digest_of(self, original: report.Report, cancel: threading.Event) -> str:
         """The digest of a completed original, hashing it now (once) if it never was."""
@@ -257,45 +347,82 @@ class ContentIndex:
                 marker.unlink()
 
 
-def _rename_value(value: str, old_name: str, new_name: str, old_stem: str, new_stem: str) -> str:
-    if value == old_name:
-        return new_name
-    if value == old_stem:
-        return new_stem
-    head, sep, tail = value.rpartition("/")
-    if sep and tail == old_name:
-        return f"{head}/{new_name}"
-    return value
+@dataclass(frozen=True)
+class DerivedPaths:
+    """The paths derived from an original that its duplicate's outputs name as its own:
+    the original's video as its stages saw it (`processing/<instance>/<name>`, in
+    whichever instance ran it) and its outputs (absolute and relative to the root),
+    mapped to the duplicate's. Keyframes and other files a stage wrote beside its output
+    are not copied, so paths to them keep naming the original's, which exist."""
+
+    claim_folders: frozenset[str]
+    old_name: str
+    new_video: str
+    outputs: dict[str, str]
+
+    @classmethod
+    def of(
+        cls,
+        root: Path,
+        processing: Path,
+        names: tuple[str, Path],
+        outputs: list[tuple[Path, Path]],
+    ) -> DerivedPaths:
+        """`names`: the original's name and the duplicate's claimed file; `outputs`:
+        pairs of (the original's output, the duplicate's), both under `root`."""
+        roots = {root, root.resolve()}  # a stage may write the root's real path
+        mapping = {}
+        for old, new in outputs:
+            mapping[os.path.relpath(old, root)] = os.path.relpath(new, root)
+            for base in roots:
+                mapping[str(base / old.relative_to(root))] = str(base / new.relative_to(root))
+        folders = {str(base / processing.relative_to(root)) for base in roots}
+        old_name, new_video = names
+        return cls(frozenset(folders), old_name, str(new_video), mapping)
+
+    def rename(self, value: str) -> str:
+        """`value` as the duplicate's when it is, whole, a path derived from the
+        original; any other string (a name, a stem, a sentence) as it is."""
+        if value in self.outputs:
+            return self.outputs[value]
+        instance_folder, sep, name = value.rpartition("/")
+        if sep and name == self.old_name:
+            folder, _, instance = instance_folder.rpartition("/")
+            if folder in self.claim_folders and instance and not instance.startswith("."):
+                return self.new_video
+        return value
 
 
-def rewrite_names(data: Any, rename: Callable[[str], str]) -> Any:
-    """`data` with every string that names the video (its name, its stem, a path to it)
-    renamed; other strings, keyframe paths among them, are left alone."""
+def rewrite_strings(data: Any, rename: Callable[[str], str]) -> Any:
+    """`data` with every string value passed through `rename`; keys are left alone."""
     if isinstance(data, str):
         return rename(data)
     if isinstance(data, list):
-        return [rewrite_names(item, rename) for item in data]
+        return [rewrite_strings(item, rename) for item in data]
     if isinstance(data, dict):
-        return {key: rewrite_names(value, rename) for key, value in data.items()}
+        return {key: rewrite_strings(value, rename) for key, value in data.items()}
     return data
 
 
-def derive_output(source: Path, tmp: Path, names: tuple[str, str, str, str]) -> None:
+def derive_output(source: Path, tmp: Path, paths: DerivedPaths) -> None:
     """Make `tmp` the duplicate's version of the original's output `source`: a JSON
-    output with the video's names rewritten, else a hard link (a copy where links are
-    not possible)."""
-    old_name, new_name, old_stem, new_stem = names
+    output with the paths derived from the original made the duplicate's, else a hard
+    link (a copy where links are not possible)."""
     raw = source.read_bytes()
     try:
         document = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         document = None
     if document is not None:
-        rewritten = rewrite_names(
-            document, lambda v: _rename_value(v, old_name, new_name, old_stem, new_stem)
-        )
+        rewritten = rewrite_strings(document, paths.rename)
         if rewritten != document:
-            tmp.write_text(json.dumps(rewritten, indent=2, ensure_ascii=False) + "\n")
+            try:
+                text = json.dumps(rewritten, indent=2, ensure_ascii=False).encode()
+            except UnicodeEncodeError:
+                # A path that is not valid UTF-8 (kept as surrogate escapes) can only
+                # be written as JSON escapes.
+                text = json.dumps(rewritten, indent=2, ensure_ascii=True).encode()
+            tmp.write_bytes(text + b"\n")
             return
     try:
         os.link(source, tmp)

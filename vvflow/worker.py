@@ -399,7 +399,7 @@ class Worker:
         duplicate match."""
         try:
             if rep.duplicate_of is None:
-                self.index.record(claim.name, claim.identity.size, tmp_dir=workspace)
+                self.index.record(claim.name, claim.identity.size, rep.sha256, tmp_dir=workspace)
             else:
                 self.index.record_duplicate(claim.name)
         except OSError as exc:
@@ -431,17 +431,21 @@ class Worker:
         """Give a duplicate the original's outputs; False (run the stages) when one of
         them is gone."""
         started = time.monotonic()
-        old_stem = split_name(original.name)[0]
-        names = (original.name, claim.name, old_stem, claim.stem)
-        sources = self.pipeline.output_paths(original.name, old_stem)
+        sources = self.pipeline.output_paths(original.name, split_name(original.name)[0])
         targets = self.pipeline.output_paths(claim.name, claim.stem)
         if not all(path.is_file() for path in sources.values()):
             return False
+        paths = dedupe.DerivedPaths.of(
+            self.layout.root,
+            self.layout.processing,
+            (original.name, claim.path),
+            [(sources[stage], targets[stage]) for stage in sources],
+        )
         for stage, source in sources.items():
             tmp = workspace / targets[stage].name
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
-            dedupe.derive_output(source, tmp, names)
+            dedupe.derive_output(source, tmp, paths)
             self._guard(claim)
             publish(tmp, targets[stage], self.layout.root)
             record = rep.stage(stage)
