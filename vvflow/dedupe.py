@@ -236,7 +236,10 @@ class ContentIndex:
                 continue
             if not self._filed(rep):
                 continue  # recorded, not yet filed (entries are written before the move)
-            self.record(name, size, self.digest_of(rep, cancel), durable=False)
+            try:
+                self.record(name, size, self.digest_of(rep, cancel), durable=False)
+            except OSError:
+                continue  # unreadable now, or no room for the entry: left for a later lookup
 
     def _filed(self, rep: report.Report) -> bool:
         """Whether completed/ holds the very file `rep` describes (not a replacement)."""
@@ -257,7 +260,8 @@ class ContentIndex:
             or rep.sha256 != digest
             or rep.identity.size != size
         ):
-            self._write_names(digest, [n for n in self._names(digest) if n != name])
+            with contextlib.suppress(OSError):
+                self._write_names(digest, [n for n in self._names(digest) if n != name])
             return None
         return rep if self._filed(rep) else None
 
