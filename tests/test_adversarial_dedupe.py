@@ -311,3 +311,22 @@ def test_digest_match_is_checked_against_report_and_file(tmp_path: Path) -> None
         assert _lookup(index, _content(number))[0] == f"cam-{number:05d}.mp4"
         swap()
         assert _lookup(index, _content(number))[0] is None, swap.__name__
+
+
+@pytest.mark.timeout(60)
+def test_index_of_the_earlier_format_keeps_working(tmp_path: Path) -> None:
+    """An index written by an earlier vvflow (`index/size/<size>/<key>` -> name, the
+    digests only in the reports) answers the first lookup right and is moved to the
+    digest index on the way; from then on lookups cost a few reads."""
+    layout, index = _history(tmp_path / "r", 100, hashed=True)
+    folder = layout.root / "index"
+    for part in ("sha256", "hashed"):
+        for path in (folder / part).iterdir():
+            path.unlink()
+    for number in range(100):
+        index.record(f"cam-{number:05d}.mp4", SIZE)  # the earlier format
+    assert len(list((folder / "size" / str(SIZE)).iterdir())) == 100
+    assert _lookup(index, _content(42))[0] == "cam-00042.mp4"
+    assert list((folder / "size" / str(SIZE)).iterdir()) == []
+    assert len(list((folder / "sha256").iterdir())) == 100
+    assert max(_lookups(index, 100).values()) <= 20
