@@ -50,6 +50,8 @@ from vvflow.report import Attempt, AttemptOutcome, Report, Saver, StageStatus, n
 EX_DATAERR = 65
 TAIL_BYTES = 8192
 REPORT_TAIL_CHARS = 2000
+#: The longest stage line kept as a failure's reason.
+DETAIL_CHARS = 300
 #: How long a stage's leftover children may hold its pipes open after it exits.
 PIPE_LINGER_SECONDS = 1.0
 
@@ -79,8 +81,21 @@ def _tail_text(data: bytes, limit: int = REPORT_TAIL_CHARS) -> str:
 
 
 def _last_line(data: bytes) -> str:
-    lines = [ln.strip() for ln in _tail_text(data).splitlines() if ln.strip()]
-    return lines[-1][:300] if lines else ""
+    """The last line that says something (a row of dashes or a bare prompt does not)."""
+    lines = [ln.strip() for ln in _tail_text(data).splitlines() if any(c.isalnum() for c in ln)]
+    return lines[-1] if lines else ""
+
+
+def _readable(line: str, job: Job, tmp: Path) -> str:
+    """A stage's line with the paths it names made short: the claimed video by its name
+    (where it sits while claimed means nothing once it is filed), its temporary output
+    as `{output}`, and anything else under the root relative to the root. The end of a
+    long line, where the cause usually is, is kept."""
+    line = line.replace(str(tmp), "{output}").replace(str(job.video), job.name)
+    prefix = str(job.root).rstrip("/") + "/"
+    if prefix != "/":
+        line = line.replace(prefix, "")
+    return line if len(line) <= DETAIL_CHARS else "…" + line[-(DETAIL_CHARS - 1) :]
 
 
 def _signal_name(code: int) -> str:
@@ -311,7 +326,7 @@ class Pipeline:
                 pidfile.unlink()
         record.stdout_tail = _tail_text(run.stdout)
         record.stderr_tail = _tail_text(run.stderr)
-        detail = _last_line(run.stderr) or _last_line(run.stdout)
+        detail = _readable(_last_line(run.stderr) or _last_line(run.stdout), job, tmp)
         suffix = f": {detail}" if detail else ""
         if run.cancelled:
             finish("cancelled", run.exit_code, "stopped by shutdown")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import calendar
 import os
+import shutil
 import time
 from typing import Any
 
@@ -12,6 +13,8 @@ from vvflow.dedupe import ContentIndex
 from vvflow.layout import Layout, State
 
 NEWEST_FAILURES = 10
+#: The narrowest a reason column gets on a narrow terminal (lines then wrap).
+MIN_REASON_WIDTH = 24
 
 
 def _age(iso: str | None, fallback: float) -> float:
@@ -110,13 +113,40 @@ def _show(name: str, width: int = 40) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
+def _squeeze(text: str, width: int) -> str:
+    """`text` in at most `width` characters, cut in the middle: a reason starts with what
+    went wrong and ends with why, so both ends are kept, the end before the start."""
+    if len(text) <= width:
+        return text
+    head, sep, _ = text.partition(": ")
+    keep = head + sep if sep and len(head + sep) <= width // 3 else ""
+    return keep + "…" + text[len(text) - max(0, width - len(keep) - 1) :]
+
+
+def _table(headers: list[str], rows: list[list[str]], width: int = 0) -> list[str]:
+    """Columns as wide as their widest cell; with `width`, the last column (a reason) is
+    squeezed so that each line fits it."""
+    if width > 0 and rows:
+        fixed = sum(max(len(h), *(len(r[i]) for r in rows)) + 2 for i, h in enumerate(headers[:-1]))
+        room = max(width - fixed, MIN_REASON_WIDTH)
+        rows = [[*row[:-1], _squeeze(row[-1], room)] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     return [fmt.format(*headers).rstrip()] + [fmt.format(*row).rstrip() for row in rows]
 
 
-def render(data: dict[str, Any]) -> str:
+def _reason(failure: dict[str, Any]) -> str:
+    """A failure's reason without the stage name the STAGE column shows."""
+    text = _show(failure["error"] or "", 10_000)
+    prefix = f"{failure['stage']}: "
+    return text[len(prefix) :] if failure["stage"] and text.startswith(prefix) else text
+
+
+def render(data: dict[str, Any], width: int | None = None) -> str:
+    """The status as tables for a person; reasons fit `width` (default: the terminal's
+    width; unlimited when the output is not a terminal)."""
+    if width is None:
+        width = shutil.get_terminal_size((0, 0)).columns
     lines = [f"vvflow storage root {data['root']}", ""]
     notes = {
         State.PENDING.value: f"{len(data['ignored'])} other entries ignored"
@@ -141,18 +171,19 @@ def render(data: dict[str, Any]) -> str:
         lines.append("")
         shown = data["failures"][:NEWEST_FAILURES]
         rows = [
-            [_show(f["name"]), f["stage"] or "-", f["finished_at"] or "-",
-             _show(f["error"] or "", 70)]
+            [_show(f["name"]), f["stage"] or "-",
+             f"{_duration(_age(f['finished_at'], 0))} ago" if f["finished_at"] else "-",
+             _reason(f)]
             for f in shown
         ]  # fmt: skip
         title = "NEWEST FAILURES" if len(data["failures"]) > len(shown) else "FAILURES"
-        lines += _table([title, "STAGE", "FINISHED", "REASON"], rows)
+        lines += _table([title, "STAGE", "FINISHED", "REASON"], rows, width)
         if len(data["failures"]) > len(shown):
             lines.append(f"... and {len(data['failures']) - len(shown)} more (status --json)")
     if data["ignored"]:
         lines.append("")
         rows = [[_show(i["name"]), i["reason"]] for i in data["ignored"]]
-        lines += _table(["IGNORED IN input/pending/", "REASON"], rows)
+        lines += _table(["IGNORED IN input/pending/", "REASON"], rows, width)
     dead = [i for i in data["instances"] if i["dead"]]
     if data["instances"]:
         lines.append("")
