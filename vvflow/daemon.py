@@ -161,7 +161,7 @@ class Daemon:
     def shutdown(self) -> None:
         """Stop claiming; give running stages the grace period; then stop them (their
         videos go back to pending/); stop the observer and release the lease."""
-        self.worker.stopping.set()
+        deadline = self.worker.request_stop(self.settings.shutdown_grace_seconds)
         while True:
             try:
                 self._work.get_nowait()
@@ -169,11 +169,10 @@ class Daemon:
                 break
         for _ in self._threads:
             self._work.put(None)
-        deadline = time.monotonic() + self.settings.shutdown_grace_seconds
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         if any(t.is_alive() for t in self._threads):
-            self.worker.cancel.set()
+            self.worker.end_grace()
             for thread in self._threads:
                 thread.join()
         if self._observer is not None:

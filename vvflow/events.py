@@ -7,9 +7,13 @@ from enum import StrEnum
 
 class Event(StrEnum):
     STARTED = "started"
+    STOPPING = "stopping"
+    GRACE_OVER = "grace_over"
     STOPPED = "stopped"
     RECOVERED = "recovered"
     IGNORED = "ignored"
+    BLOCKED = "blocked"
+    UNBLOCKED = "unblocked"
     SEEN = "seen"
     UNSTABLE = "unstable"
     CLAIMED = "claimed"

@@ -175,6 +175,12 @@ class Pipeline:
                 self._run_stage(stage, job, report, outputs, tmp, cancel, save, guard)
                 guard()
                 publish(tmp, final, self.root)
+            except Cancelled:
+                # Stopped by a shutdown: the stage will run again, it is not running now.
+                record.status = StageStatus.PENDING
+                record.duration_s = round(time.monotonic() - started, 3)
+                save(True)
+                raise
             except StageError as exc:
                 record.status = StageStatus.FAILED
                 record.error = str(exc)

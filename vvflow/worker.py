@@ -71,6 +71,40 @@ class Worker:
         #: Set when running stages must be stopped and their videos returned.
         self.cancel = threading.Event()
 
+    def running(self) -> list[dict[str, str | None]]:
+        """The videos this instance holds now and the stage each one runs (from their
+        reports, as `status` sees them)."""
+        found: list[dict[str, str | None]] = []
+        for path in self.layout.claims_in(self.lease.folder):
+            rep = report.load(self.layout.report_path(path.name))
+            stages = rep.stages.items() if rep is not None else ()
+            stage = next((n for n, s in stages if s.status == StageStatus.RUNNING), None)
+            found.append({"video": path.name, "stage": stage})
+        return found
+
+    def request_stop(self, grace_seconds: float) -> float:
+        """Claim nothing new and say so at once, with the deadline of the grace period
+        and what runs; returns that deadline on the monotonic clock."""
+        self.stopping.set()
+        deadline = time.time() + grace_seconds
+        logs.event(
+            Event.STOPPING,
+            instance=self.id.name,
+            grace_s=grace_seconds,
+            deadline=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(deadline))
+            + f".{int(deadline * 1000) % 1000:03d}Z",
+            running=self.running(),
+        )
+        return time.monotonic() + grace_seconds
+
+    def end_grace(self) -> None:
+        """Stop the stages still running after the grace period; their videos go back to
+        pending/."""
+        if not self.cancel.is_set():
+            logs.event(Event.GRACE_OVER, level=logging.WARNING, instance=self.id.name,
+                       running=self.running())  # fmt: skip
+        self.cancel.set()
+
     @property
     def journal(self) -> Path:
         return self.lease.folder / MOVES
@@ -499,10 +533,9 @@ class Worker:
                         if outcome is not None:
                             summary.outcomes.append(outcome)
                     if stop_requested() and grace_deadline is None:
-                        self.stopping.set()
-                        grace_deadline = time.monotonic() + self.settings.shutdown_grace_seconds
+                        grace_deadline = self.request_stop(self.settings.shutdown_grace_seconds)
                     if grace_deadline is not None and time.monotonic() >= grace_deadline:
-                        self.cancel.set()
+                        self.end_grace()
         finally:
             self.close()
         logs.event(
