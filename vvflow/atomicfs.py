@@ -97,6 +97,11 @@ def _link_move(src: Path, dst: Path, journal: Path) -> None:
             # take our name back and report the source as gone, as rename would.
             os.unlink(dst)
             raise
+        except PermissionError:
+            # Not ours to remove (a sticky folder, another user's file): undo the link,
+            # so that the file stays where it was, under one name, as rename would.
+            os.unlink(dst)
+            raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(intent)

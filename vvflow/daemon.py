@@ -237,11 +237,18 @@ class Daemon:
         """Look at every entry of pending/: the backstop for lost or absent events."""
         self.counters.rescans += 1
         found: list[str] = []
+        blocked, seen = set(self.worker.blocked), set()
         for name in self.layout.pending_names():
+            if name in blocked:
+                seen.add(name)
+                if self.worker.still_blocked(name):
+                    continue  # it was said once; say nothing until something changes
             if name in self.stability or self._busy(name):
                 continue
-            if self.stability.see(name, now):
+            if self.stability.see(name, now) and name not in blocked:
                 found.append(name)
+        for name in blocked - seen:
+            self.worker.unblock(name)  # gone from pending/
         if found:
             # Something events missed (or the daemon was down when it arrived).
             self.counters.by_rescan += len(found)

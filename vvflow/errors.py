@@ -51,3 +51,14 @@ class StageUnusable(StageError):
 
 class Cancelled(VvflowError):
     """Work was interrupted by a shutdown request; the video goes back to pending."""
+
+
+class Blocked(VvflowError):
+    """A pending file this instance is not permitted to move; it waits until that changes.
+
+    `key` is the state (of the file and of pending/) the verdict was reached on."""
+
+    def __init__(self, reason: str, key: tuple[int, ...]) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.key = key

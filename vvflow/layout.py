@@ -7,6 +7,7 @@ sits in is its state; reports only say why.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import stat
@@ -17,13 +18,15 @@ from enum import StrEnum
 from pathlib import Path
 
 from vvflow import atomicfs, instance, report
-from vvflow.errors import LayoutError
+from vvflow.errors import Blocked, LayoutError
 
 #: Names that are never candidates, whatever their extension: partial downloads and
 #: editor or copy-tool temporaries.
 TEMP_SUFFIXES = (".part", ".tmp", ".crdownload", ".partial", "~")
 WORK = ".work"
 MOVES = ".moves"
+#: In an instance folder: the pending files that instance may not move, with the reason.
+BLOCKED = ".blocked"
 _NAME_MAX = 255
 
 
@@ -325,6 +328,11 @@ class Layout:
                     return None
                 except FileExistsError:
                     continue
+                except PermissionError as exc:
+                    key = self.permission_key(candidate.name)
+                    if key is None:
+                        return None
+                    raise Blocked(self._blocked_reason(src, exc), key) from None
                 break
         after = os.lstat(dst)
         if not stat.S_ISREG(after.st_mode) or not atomicfs.same_file(after, st):
@@ -334,6 +342,53 @@ class Layout:
             return None
         dst = self._settle_stem(dst, candidate, lease_folder)
         return Claim(dst, dst.name, candidate.name, report.Identity.of(after))
+
+    def permission_key(self, name: str) -> tuple[int, ...] | None:
+        """What decides whether this process may move `pending/<name>`: the file (its
+        inode, and its ctime, which every chown, chmod or ACL change moves) and the
+        owner and mode of pending/. None when the file is gone."""
+        try:
+            f = os.lstat(self.pending / name)
+            d = os.stat(self.pending)
+        except OSError:
+            return None
+        return f.st_ino, f.st_ctime_ns, d.st_ino, d.st_mode, d.st_uid, d.st_gid
+
+    def _blocked_reason(self, src: Path, exc: OSError) -> str:
+        """Why this process may not move `src` out of pending/, and what would let it."""
+        uid = os.geteuid()
+        where = f"{self.pending.relative_to(self.root)}/"
+        try:
+            owner = os.lstat(src).st_uid
+            folder = os.stat(self.pending)
+        except OSError:
+            return f"cannot move it out of {where}: {exc.strerror}"
+        if folder.st_mode & stat.S_ISVTX and uid not in (0, owner, folder.st_uid):
+            return (
+                f"owned by uid {owner} in {where}, which is sticky (mode "
+                f"{stat.S_IMODE(folder.st_mode):o}): only its owner may move it, and vvflow "
+                f"runs as uid {uid}; chown it to {uid}"
+            )
+        return f"vvflow (uid {uid}) may not move it out of {where}: {exc.strerror}"
+
+    def record_blocked(self, folder: Path, blocked: dict[str, tuple[str, int]]) -> None:
+        """Keep in an instance's folder the files it may not move (name -> reason,
+        inode), for `status`: status may run as another user, who cannot tell."""
+        path = folder / BLOCKED
+        if not blocked:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            return
+        entries = [{"name": n, "reason": r, "inode": i} for n, (r, i) in sorted(blocked.items())]
+        atomicfs.write_atomic(path, json.dumps(entries).encode(), tmp_dir=folder, durable=False)
+
+    def blocked_in(self, folder: Path) -> list[tuple[str, str, int]]:
+        """(name, reason, inode) of each file an instance recorded it may not move."""
+        try:
+            entries = json.loads((folder / BLOCKED).read_bytes())
+            return [(str(e["name"]), str(e["reason"]), int(e["inode"])) for e in entries]
+        except (OSError, ValueError, TypeError, KeyError):
+            return []
 
     def _settle_stem(self, claimed: Path, candidate: Candidate, lease_folder: Path) -> Path:
         """Another instance may have claimed a video with the same stem at the same

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -90,6 +90,9 @@ class Metrics:
         self.recovered = Counter("vvflow_videos_recovered",
                                  "Videos returned to pending from dead instances",
                                  registry=r)  # fmt: skip
+        self.blocked = Gauge("vvflow_videos_blocked",
+                             "Files in pending/ this instance may not move (permissions)",
+                             registry=r)  # fmt: skip
         for source in ("event", "rescan"):
             self.found.labels(source)
         self.registry.register(_Snapshot(layout, queue_length, heartbeat))
@@ -119,6 +122,8 @@ class Metrics:
             self.found.labels(str(fields.get("source", "event"))).inc()
         elif name == Event.RESCAN_FOUND:
             self.found.labels("rescan").inc(int(fields.get("count", 0)))
+        elif name in (Event.BLOCKED, Event.UNBLOCKED):
+            self.blocked.set(int(fields.get("blocked", 0)))
         elif name == Event.RECOVERED:
             self.takeovers.inc()
             self.recovered.inc(len(fields.get("videos", ())))

@@ -27,12 +27,20 @@ def _age(iso: str | None, fallback: float) -> float:
 
 
 def collect(layout: Layout, lease_seconds: float) -> dict[str, Any]:
-    """Counts per state, what runs now, failures (newest first), ignored entries,
-    instances."""
+    """Counts per state, what runs now, failures (newest first), ignored and blocked
+    entries, instances."""
     candidates, ignored = layout.scan_pending()
     processing: list[dict[str, Any]] = []
     instances: list[dict[str, Any]] = []
+    # Whether an instance may move a file depends on who it runs as, which only it knows
+    # (status may run as another user): each live instance lists what it found blocked.
+    inodes = {c.name: c.identity.inode for c in candidates}
+    blocked: dict[str, dict[str, Any]] = {}
     for folder in layout.instance_folders():
+        dead = instance.is_dead(folder, lease_seconds)
+        for name, reason, inode in [] if dead else layout.blocked_in(folder):
+            if inodes.get(name) == inode:
+                blocked.setdefault(name, {"name": name, "reason": reason, "instance": folder.name})
         claims = layout.claims_in(folder)
         for path in claims:
             rep = report.load(layout.report_path(path.name))
@@ -60,7 +68,7 @@ def collect(layout: Layout, lease_seconds: float) -> dict[str, Any]:
                 "name": folder.name,
                 "claims": len(claims),
                 "heartbeat_age_s": None if age is None else round(age, 1),
-                "dead": instance.is_dead(folder, lease_seconds),
+                "dead": dead,
             }
         )
     failed = list(layout.files_in(State.FAILED))
@@ -93,6 +101,7 @@ def collect(layout: Layout, lease_seconds: float) -> dict[str, Any]:
         "failures": failures,
         "processing_now": processing,
         "ignored": [{"name": i.name, "reason": i.reason} for i in ignored],
+        "blocked": sorted(blocked.values(), key=lambda b: str(b["name"])),
         "instances": instances,
     }
 
@@ -149,9 +158,10 @@ def render(data: dict[str, Any], width: int | None = None) -> str:
         width = shutil.get_terminal_size((0, 0)).columns
     lines = [f"vvflow storage root {data['root']}", ""]
     notes = {
-        State.PENDING.value: f"{len(data['ignored'])} other entries ignored"
-        if data["ignored"]
-        else "",
+        State.PENDING.value: ", ".join(
+            [f"{len(data['blocked'])} blocked"] * bool(data["blocked"])
+            + [f"{len(data['ignored'])} other entries ignored"] * bool(data["ignored"])
+        ),
         State.COMPLETED.value: f"{data['duplicates']} of them duplicates"
         if data["duplicates"]
         else "",
@@ -180,6 +190,10 @@ def render(data: dict[str, Any], width: int | None = None) -> str:
         lines += _table([title, "STAGE", "FINISHED", "REASON"], rows, width)
         if len(data["failures"]) > len(shown):
             lines.append(f"... and {len(data['failures']) - len(shown)} more (status --json)")
+    if data["blocked"]:
+        lines.append("")
+        rows = [[_show(b["name"]), _show(b["reason"], 10_000)] for b in data["blocked"]]
+        lines += _table(["BLOCKED IN input/pending/", "REASON"], rows, width)
     if data["ignored"]:
         lines.append("")
         rows = [[_show(i["name"]), i["reason"]] for i in data["ignored"]]

@@ -21,7 +21,7 @@ from typing import Any
 
 from vvflow import dedupe, instance, logs, report
 from vvflow.config import Settings
-from vvflow.errors import Cancelled, ClaimChanged, LayoutError, LeaseLost, StageError
+from vvflow.errors import Blocked, Cancelled, ClaimChanged, LayoutError, LeaseLost, StageError
 from vvflow.events import Event
 from vvflow.layout import MOVES, WORK, Candidate, Claim, Layout, State, split_name
 from vvflow.pipeline import Job, Pipeline, publish
@@ -29,6 +29,19 @@ from vvflow.report import StageStatus
 
 #: A video that changes under its stages this many times in a row is filed as failed.
 MAX_CHANGES = 3
+#: A file this instance may not move is tried again when its permissions change, and
+#: anyway (silently) this often.
+BLOCKED_RETRY_SECONDS = 300.0
+
+
+@dataclass
+class BlockedFile:
+    """A file in pending/ this instance may not move: why, the state of the file and of
+    pending/ that verdict was reached on (`Layout.permission_key`), and when."""
+
+    reason: str
+    key: tuple[int, ...]
+    tried: float
 
 
 @dataclass(frozen=True)
@@ -70,6 +83,9 @@ class Worker:
         self.stopping = threading.Event()
         #: Set when running stages must be stopped and their videos returned.
         self.cancel = threading.Event()
+        #: Files in pending/ this instance may not move, by name (see `status`).
+        self.blocked: dict[str, BlockedFile] = {}
+        self._blocked_lock = threading.Lock()
 
     def running(self) -> list[dict[str, str | None]]:
         """The videos this instance holds now and the stage each one runs (from their
@@ -186,11 +202,58 @@ class Worker:
         """Claim one stable candidate and run it; None when it was not ours to run."""
         if self.stopping.is_set() or not self.lease.held():
             return None
-        claim = self.layout.claim(candidate, self.lease.folder)
+        try:
+            claim = self.layout.claim(candidate, self.lease.folder)
+        except Blocked as exc:
+            self._block(candidate.name, exc)
+            return None
+        self.unblock(candidate.name)
         if claim is None:
             logs.event(Event.CLAIM_LOST, video=candidate.name)
             return None
         return self.run_claim(claim)
+
+    # -- files this instance may not move ---------------------------------------------
+
+    def _block(self, name: str, exc: Blocked) -> None:
+        """Remember a file this instance may not move; say so once, not at every try."""
+        with self._blocked_lock:
+            before = self.blocked.get(name)
+            self.blocked[name] = BlockedFile(exc.reason, exc.key, time.monotonic())
+            count = len(self.blocked)
+            if before is None or before.reason != exc.reason:
+                self._record_blocked()
+        if before is None or before.reason != exc.reason:
+            logs.event(Event.BLOCKED, level=logging.WARNING, video=name, reason=exc.reason,
+                       blocked=count)  # fmt: skip
+
+    def unblock(self, name: str) -> None:
+        """Forget that `name` was blocked: it was claimed, changed or is gone."""
+        with self._blocked_lock:
+            if self.blocked.pop(name, None) is None:
+                return
+            count = len(self.blocked)
+            self._record_blocked()
+        logs.event(Event.UNBLOCKED, video=name, blocked=count)
+
+    def still_blocked(self, name: str) -> bool:
+        """Whether `name` is blocked and nothing changed since (owner, mode, ACL of the
+        file or of pending/) that could let this instance move it now."""
+        entry = self.blocked.get(name)
+        if entry is None:
+            return False
+        return (
+            time.monotonic() - entry.tried < BLOCKED_RETRY_SECONDS
+            and self.layout.permission_key(name) == entry.key
+        )
+
+    def _record_blocked(self) -> None:
+        if not self.lease.held():
+            return  # never recreate the folder of a lease that was taken over
+        with contextlib.suppress(OSError):  # only `status` reads it
+            self.layout.record_blocked(
+                self.lease.folder, {n: (b.reason, b.key[0]) for n, b in self.blocked.items()}
+            )
 
     def _guard(self, claim: Claim) -> None:
         """Raise LeaseLost unless this instance still holds `claim`, and ClaimChanged
@@ -545,5 +608,6 @@ class Worker:
             failed=summary.count(State.FAILED),
             released=summary.count(State.PENDING),
             recovered=summary.recovered,
+            blocked=len(self.blocked),
         )
         return summary
