@@ -221,9 +221,12 @@ class Worker:
             before = self.blocked.get(name)
             self.blocked[name] = BlockedFile(exc.reason, exc.key, time.monotonic())
             count = len(self.blocked)
-            if before is None or before.reason != exc.reason:
+            # Tried again after a change that did not help: nothing new to say. Another
+            # file under that name (inode, key[0]) or another reason is news.
+            news = before is None or (before.reason, before.key[0]) != (exc.reason, exc.key[0])
+            if news:
                 self._record_blocked()
-        if before is None or before.reason != exc.reason:
+        if news:
             logs.event(Event.BLOCKED, level=logging.WARNING, video=name, reason=exc.reason,
                        blocked=count)  # fmt: skip
 
