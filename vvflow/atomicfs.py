@@ -5,6 +5,12 @@ RENAME_NOREPLACE refuses instead, atomically; where the filesystem lacks it (NFS
 some FUSE mounts) we fall back to link(2) + unlink(2). A crash between those two
 leaves the file under both names; an intent record written before the link lets
 `repair_moves` finish the move later.
+
+The intent records go into slots written whole when an instance starts
+(`reserve_intents`), so that a move never needs free space: on a full disk a video can
+still be filed or returned to pending/. Overwriting a slot allocates nothing on
+filesystems that write in place (ext4, XFS, tmpfs, NFS); copy-on-write ones (btrfs,
+ZFS) may still refuse, and then the move fails like any storage error and is retried.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import ctypes
 import errno
 import json
 import os
+import threading
 import uuid
 from pathlib import Path
 
@@ -37,6 +44,13 @@ FORCE_LINK = os.environ.get("VVFLOW_RENAME", "") == "link"
 
 _UNSUPPORTED = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP}
 INTENT_SUFFIX = ".move"
+#: Size of one pre-written intent slot: records of paths up to ~2,000 bytes each fit;
+#: a longer one falls back to a file of its own.
+SLOT_BYTES = 8192
+_SLOT_PREFIX = "slot-"
+_slots_lock = threading.Lock()
+#: Slots a move of this process is using now.
+_busy_slots: set[Path] = set()
 
 
 def fsync_dir(path: Path) -> None:
@@ -80,13 +94,75 @@ def rename_noreplace(src: Path, dst: Path, *, journal: Path) -> None:
         fsync_dir(src.parent)
 
 
+def reserve_intents(journal: Path, count: int) -> None:
+    """Write `count` empty intent slots into `journal` now, while there is space, so
+    that the link fallback can record its intent on a full disk."""
+    journal.mkdir(exist_ok=True)
+    for number in range(count):
+        slot = journal / f"{_SLOT_PREFIX}{number}{INTENT_SUFFIX}"
+        # Real zeros, not a hole or fallocate: the blocks must exist for a later
+        # overwrite to need none.
+        write_atomic(slot, bytes(SLOT_BYTES), tmp_dir=journal)
+
+
+def _take_slot(journal: Path, record: bytes) -> Path | None:
+    """A free slot of `journal` with `record` written into it (durably), or None."""
+    if len(record) >= SLOT_BYTES:
+        return None
+    with _slots_lock:
+        try:
+            slots = sorted(journal.glob(f"{_SLOT_PREFIX}*{INTENT_SUFFIX}"))
+        except OSError:
+            return None
+        free = [p for p in slots if p not in _busy_slots]
+        if not free:
+            return None
+        slot = free[0]
+        _busy_slots.add(slot)
+    try:
+        _overwrite(slot, record.ljust(SLOT_BYTES, b"\0"))
+    except OSError:
+        _release_slot(slot, clear=False)
+        return None
+    return slot
+
+
+def _overwrite(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
+    try:
+        if os.pwrite(fd, data, 0) != len(data):
+            raise OSError(errno.EIO, "short write", str(path))
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+
+
+def _release_slot(slot: Path, *, clear: bool = True) -> None:
+    try:
+        if clear:
+            # Not durable: a stale record after a crash describes a finished move, and
+            # repairing a finished move changes nothing.
+            fd = os.open(slot, os.O_WRONLY | os.O_NOFOLLOW)
+            try:
+                os.pwrite(fd, bytes(SLOT_BYTES), 0)
+            finally:
+                os.close(fd)
+    except OSError:
+        pass
+    finally:
+        with _slots_lock:
+            _busy_slots.discard(slot)
+
+
 def _link_move(src: Path, dst: Path, journal: Path) -> None:
     # Never `parents=True`: the journal's parent is an instance folder, and recreating
     # one that recovery removed would resurrect a lost lease.
     journal.mkdir(exist_ok=True)
+    record = json.dumps({"src": os.fsencode(src).hex(), "dst": os.fsencode(dst).hex()}).encode()
+    slot = _take_slot(journal, record)
     intent = journal / f"{uuid.uuid4().hex}{INTENT_SUFFIX}"
-    record = {"src": os.fsencode(src).hex(), "dst": os.fsencode(dst).hex()}
-    write_atomic(intent, json.dumps(record).encode(), tmp_dir=journal)
+    if slot is None:
+        write_atomic(intent, record, tmp_dir=journal)
     try:
         os.link(src, dst, follow_symlinks=False)
         fsync_dir(dst.parent)
@@ -103,8 +179,11 @@ def _link_move(src: Path, dst: Path, journal: Path) -> None:
             os.unlink(dst)
             raise
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(intent)
+        if slot is not None:
+            _release_slot(slot)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(intent)
 
 
 def _finish_move(src: Path, dst: Path) -> bool:
@@ -134,7 +213,8 @@ def repair_moves(journal: Path) -> list[tuple[Path, Path]]:
     for intent in intents:
         if intent.name.endswith(INTENT_SUFFIX):
             try:
-                record = json.loads(intent.read_bytes())
+                # A slot holds its record followed by zeros (all zeros when free).
+                record = json.loads(intent.read_bytes().rstrip(b"\0") or b"null")
                 src = Path(os.fsdecode(bytes.fromhex(record["src"])))
                 dst = Path(os.fsdecode(bytes.fromhex(record["dst"])))
             except (ValueError, KeyError, TypeError, FileNotFoundError):

@@ -28,6 +28,8 @@ RET_OK = 0
 RET_FAILED = 1
 RET_USAGE = 2
 RET_DATAERR = 65
+#: EX_TEMPFAIL: `once` left videos in pending/ for storage trouble; run again later.
+RET_TEMPFAIL = 75
 
 
 class UsageError(Exception):
@@ -64,6 +66,7 @@ def _build_parser() -> _Parser:
         p.add_argument("--stable-seconds", dest="stable_seconds", type=float)
         p.add_argument("--lease-seconds", dest="lease_seconds", type=float)
         p.add_argument("--shutdown-grace-seconds", dest="shutdown_grace_seconds", type=float)
+        p.add_argument("--min-free-bytes", dest="min_free_bytes", type=int)
     run.add_argument("--rescan-seconds", dest="rescan_seconds", type=float)
     run.add_argument("--observer", choices=["auto", "inotify", "polling"])
     run.add_argument("--metrics-port", dest="metrics_port", type=int)
@@ -112,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 key: getattr(args, key, None)
                 for key in ("workers", "stable_seconds", "lease_seconds",
                             "shutdown_grace_seconds", "rescan_seconds", "observer", "log_level",
-                            "metrics_port", "metrics_host")
+                            "metrics_port", "metrics_host", "min_free_bytes")
             }  # fmt: skip
             settings = _settings(args, **flags)
             return _cmd_run(settings) if args.command == "run" else _cmd_once(settings)
@@ -155,6 +158,14 @@ def _cmd_once(settings: Settings) -> int:
         ProgressBar(sys.stderr)
     worker = Worker(settings)
     summary = worker.once(stop_requested=_install_stop_flags())
+    returned = summary.storage_returned()
+    if returned:
+        _fail(
+            f"{len(returned)} video(s) left in input/pending/ for storage trouble, not for "
+            f"themselves ({returned[0].error}); free space under the root (claiming needs "
+            f"min_free_bytes = {settings.min_free_bytes}) and run again",
+        )
+        return RET_TEMPFAIL
     return RET_FAILED if summary.count(State.FAILED) else RET_OK
 
 
@@ -177,6 +188,7 @@ def _cmd_status(settings: Settings, *, as_json: bool) -> int:
     if not layout.input.is_dir():
         raise LayoutError(f"no storage root at {settings.root} (no input/ folder)")
     data = status.collect(layout, settings.lease_seconds)
+    data["storage"] = status.storage(layout, settings.min_free_bytes, settings.lease_seconds)
     sys.stdout.write(json.dumps(data, indent=2) + "\n" if as_json else status.render(data))
     return RET_OK
 

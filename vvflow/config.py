@@ -54,6 +54,13 @@ STAGE_OPTION_FIELDS = (
     "llm_base_url", "llm_model", "llm_api_key", "llm_timeout_seconds",
 )  # fmt: skip
 
+#: 256 MiB: what the videos in flight may still need to finish. vvflow's own writes per
+#: video are kilobytes (a report, an index entry), but stage outputs are not: the
+#: built-in scan writes keyframes and a contact sheet (a few MiB per video), and user
+#: stages may write more. Claiming a video that cannot be finished only moves it twice.
+#: A disk that holds videos has gigabytes; on a small test disk, lower it.
+DEFAULT_MIN_FREE_BYTES = 256 << 20
+
 _STAGE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
@@ -154,6 +161,8 @@ class Settings(BaseSettings):
     observer: Literal["auto", "inotify", "polling"] = "auto"
     lease_seconds: float = Field(default=60.0, ge=1)
     shutdown_grace_seconds: float = Field(default=20.0, ge=0)
+    #: Claiming pauses while the root has less free (0 turns the check off).
+    min_free_bytes: int = Field(default=DEFAULT_MIN_FREE_BYTES, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     dedupe: bool = True
     metrics_port: int | None = Field(default=None, ge=0, le=65535)

@@ -7,6 +7,7 @@ which are stable, hand those to the workers, keep the lease and the observer ali
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from watchdog.observers.api import BaseObserver
 
@@ -28,6 +30,9 @@ from vvflow.watcher import PendingEvents, Stability, make_observer
 from vvflow.worker import Worker
 
 HEALTH = ".health"
+#: The health record is padded to this size, so that on a full disk it can still be
+#: overwritten in place (the blocks it needs are already its own).
+HEALTH_BYTES = 2048
 #: How often the loop refreshes the health record, checks the observer and recovers.
 HEALTH_SECONDS = 2.0
 #: The loop's longest sleep; events wake it sooner.
@@ -68,6 +73,7 @@ class Daemon:
         self.metrics: Metrics | None = None
         self._watched: tuple[int, int] | None = None
         self.metrics_port: int | None = None
+        self._storage_paused = False
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -87,7 +93,12 @@ class Daemon:
             self._threads.append(thread)
 
     def _serve_metrics(self, host: str, port: int) -> None:
-        self.metrics = Metrics(self.layout, self.queue_length, self.worker.lease.heartbeat)
+        self.metrics = Metrics(
+            self.layout,
+            self.queue_length,
+            self.worker.lease.heartbeat,
+            storage=self.worker.storage.snapshot,
+        )
         try:
             self.metrics_port = self.metrics.serve(host, port)
         except OSError as exc:
@@ -214,9 +225,14 @@ class Daemon:
             self._next_health = now + HEALTH_SECONDS
             self._keep_observer()
             self._write_health()
+            self.worker.refile()
         if now >= self._next_recover:
             self._next_recover = now + min(5.0, self.settings.lease_seconds / 3)
-            self.worker.recover()
+            try:
+                self.worker.recover()
+            except OSError as exc:
+                # What was not returned stays in the dead folder for the next pass.
+                self.worker.storage.failed(f"cannot recover a dead instance: {exc}")
         return True
 
     def _busy(self, name: str) -> bool:
@@ -261,6 +277,13 @@ class Daemon:
             room = 2 * self.settings.workers - len(self._inflight)
         if room <= 0 or self.worker.stopping.is_set():
             return
+        if not self.worker.storage.may_claim():
+            self._storage_paused = True
+            return
+        if self._storage_paused:
+            # Candidates dropped while paused are found again by a rescan.
+            self._storage_paused = False
+            self._next_rescan = 0.0
         for candidate in self.stability.take(room, now):
             with self._lock:
                 if candidate.name in self._inflight:
@@ -308,17 +331,38 @@ class Daemon:
             "updated": time.time(),
             "tracked": len(self.stability),
             "inflight": len(self._inflight),
+            "storage": self.worker.storage.snapshot(),
         }
+        data = json.dumps(record).encode().ljust(HEALTH_BYTES)
+        path = self.worker.lease.folder / HEALTH
         try:
-            atomicfs.write_atomic(
-                self.worker.lease.folder / HEALTH,
-                json.dumps(record).encode(),
-                tmp_dir=self.worker.lease.folder,
-                durable=False,
-            )
+            atomicfs.write_atomic(path, data, tmp_dir=self.worker.lease.folder, durable=False)
         except OSError as exc:
-            # A full disk must not stop the daemon; health then reads as stale.
+            # A full disk must not stop the daemon, nor make it look dead to `health`:
+            # overwrite the record in place, in blocks it already has.
             logs.event(Event.REPORT_UNWRITABLE, level=logging.WARNING, error=str(exc))
+            if len(data) == HEALTH_BYTES:
+                with contextlib.suppress(OSError):
+                    fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
+                    try:
+                        os.pwrite(fd, data, 0)
+                    finally:
+                        os.close(fd)
+
+
+def read_health(folder: Path) -> dict[str, Any] | None:
+    """The health record of a `vvflow run` instance's folder; None when there is none
+    (not a daemon, or not started yet)."""
+    for _ in range(3):
+        try:
+            record = json.loads((folder / HEALTH).read_bytes())
+        except OSError:
+            return None
+        except ValueError:
+            time.sleep(0.01)  # read while overwritten in place: read again
+            continue
+        return record if isinstance(record, dict) else None
+    return None
 
 
 def check_health(processing: Path, lease_seconds: float) -> tuple[bool, str]:
@@ -333,9 +377,8 @@ def check_health(processing: Path, lease_seconds: float) -> tuple[bool, str]:
         ident = instance.InstanceId.parse(folder.name)
         if ident is None or not ident.is_running_here():
             continue
-        try:
-            record = json.loads((folder / HEALTH).read_bytes())
-        except (OSError, ValueError):
+        record = read_health(folder)
+        if record is None:
             continue  # not a daemon (a `once` or a `retry`), or not started yet
         age = instance.heartbeat_age(folder)
         stale = time.time() - float(record.get("updated", 0))
@@ -346,5 +389,15 @@ def check_health(processing: Path, lease_seconds: float) -> tuple[bool, str]:
         elif stale > max(10 * HEALTH_SECONDS, lease_seconds):
             problems.append(f"{folder.name}: health record {stale:.0f}s old")
         else:
-            return True, f"{folder.name}: {record['observer']} observer alive, heartbeat {age:.1f}s"
+            detail = f"{folder.name}: {record['observer']} observer alive, heartbeat {age:.1f}s"
+            storage = record.get("storage") or {}
+            if storage.get("trouble"):
+                # Healthy, but degraded: a restart frees no space, and restarting would
+                # only add recovery churn; claiming resumes by itself when space returns.
+                detail += (
+                    f"; degraded: storage trouble since {storage.get('since')}: "
+                    f"{storage['trouble']} ({storage.get('free_bytes')} bytes free, "
+                    f"min_free_bytes {storage.get('min_free_bytes')}); claiming paused"
+                )
+            return True, detail
     return False, "; ".join(problems) or "no vvflow run instance is running on this host"

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+
+#: What a storage that refuses writes answers: no space, quota, I/O error, read-only.
+#: None of these is the video's fault.
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS})
+
 
 class VvflowError(Exception):
     """Base class of every error vvflow raises on purpose."""
@@ -62,3 +68,13 @@ class Blocked(VvflowError):
         super().__init__(reason)
         self.reason = reason
         self.key = key
+
+
+class StorageFailed(VvflowError):
+    """The storage refused a write (no space, quota, I/O error, read-only): not the
+    video's fault; its video goes back to pending/ and claiming waits."""
+
+
+def is_storage_error(exc: BaseException) -> bool:
+    """Whether `exc` is the storage refusing a write rather than something about a video."""
+    return isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS

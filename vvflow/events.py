@@ -40,3 +40,7 @@ class Event(StrEnum):
     INDEX_REBUILT = "index_rebuilt"
     OBSERVER_FAILED = "observer_failed"
     OBSERVER_RESTARTED = "observer_restarted"
+    STORAGE_TROUBLE = "storage_trouble"
+    STORAGE_RECOVERED = "storage_recovered"
+    FILING_DEFERRED = "filing_deferred"
+    CLAIMS_LEFT = "claims_left"

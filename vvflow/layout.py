@@ -412,6 +412,11 @@ class Layout:
         """File a claimed video under completed/, failed/ or back in pending/."""
         return self._move(claim.path, self.folder(state), claim.name, lease_folder / MOVES)
 
+    def file_claim(self, path: Path, state: State, lease_folder: Path) -> Path:
+        """File a file found in `lease_folder` (a claim no worker holds any more) under
+        `state`'s folder, keeping its name where it is free."""
+        return self._move(path, self.folder(state), path.name, lease_folder / MOVES)
+
     def retry(self, name: str, journal: Path) -> Path:
         """Move a failed video back to pending/."""
         return self._move(self.failed / name, self.pending, name, journal)

@@ -28,11 +28,16 @@ class _Snapshot(Collector):
     """Gauges computed when scraped."""
 
     def __init__(
-        self, layout: Layout, queue_length: Callable[[], dict[str, int]], heartbeat: Path
+        self,
+        layout: Layout,
+        queue_length: Callable[[], dict[str, int]],
+        heartbeat: Path,
+        storage: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.layout = layout
         self.queue_length = queue_length
         self.heartbeat = heartbeat
+        self.storage = storage
 
     def collect(self) -> Iterator[Metric]:
         videos = GaugeMetricFamily("vvflow_videos", "Videos by state (folder)", labels=["state"])
@@ -58,13 +63,31 @@ class _Snapshot(Collector):
         except FileNotFoundError:
             beat.add_metric([], 0.0)
         yield beat
+        if self.storage is not None:
+            snap = self.storage()
+            yield GaugeMetricFamily(
+                "vvflow_storage_trouble",
+                "1 while claiming is paused for storage trouble (no space, quota, I/O error, "
+                "read-only), else 0",
+                value=1.0 if snap["trouble"] else 0.0,
+            )
+            if snap["free_bytes"] is not None:
+                yield GaugeMetricFamily(
+                    "vvflow_storage_free_bytes",
+                    "Bytes free under the storage root",
+                    value=float(snap["free_bytes"]),
+                )
 
 
 class Metrics:
     """The metrics of one instance and the HTTP endpoint that serves them."""
 
     def __init__(
-        self, layout: Layout, queue_length: Callable[[], dict[str, int]], heartbeat: Path
+        self,
+        layout: Layout,
+        queue_length: Callable[[], dict[str, int]],
+        heartbeat: Path,
+        storage: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
@@ -95,7 +118,7 @@ class Metrics:
                              registry=r)  # fmt: skip
         for source in ("event", "rescan"):
             self.found.labels(source)
-        self.registry.register(_Snapshot(layout, queue_length, heartbeat))
+        self.registry.register(_Snapshot(layout, queue_length, heartbeat, storage))
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
         self._unsubscribe = logs.subscribe(self.on_event)

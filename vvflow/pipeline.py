@@ -42,6 +42,8 @@ from vvflow.errors import (
     Cancelled,
     StageError,
     StageUnusable,
+    StorageFailed,
+    is_storage_error,
 )
 from vvflow.events import Event
 from vvflow.instance import RUN_TOKEN, STAGE_PID, process_start, sweep
@@ -128,11 +130,14 @@ class Pipeline:
         *,
         kill_grace_seconds: float = 2.0,
         extra_env: dict[str, str] | None = None,
+        storage_check: Callable[[], None] = lambda: None,
     ) -> None:
         self.stages = stages
         self.root = root
         self.kill_grace_seconds = kill_grace_seconds
         self.extra_env = extra_env or {}
+        #: Raises StorageFailed when the root is out of space now.
+        self.storage_check = storage_check
 
     def output_path(self, stage: StageConfig, name: str, stem: str) -> Path:
         return self.root / stage.output.format_map({"name": name, "stem": stem})
@@ -180,6 +185,10 @@ class Pipeline:
                 record.status = StageStatus.PENDING
                 record.duration_s = round(time.monotonic() - started, 3)
                 save(True)
+                raise
+            except StorageFailed:
+                # Not this stage's fault: it runs again, from scratch, when space is back.
+                record.status = StageStatus.PENDING
                 raise
             except StageError as exc:
                 record.status = StageStatus.FAILED
@@ -337,9 +346,24 @@ class Pipeline:
         if run.cancelled:
             finish("cancelled", run.exit_code, "stopped by shutdown")
             raise Cancelled("shutdown requested")
+
+        def failed(outcome: AttemptOutcome, exit_code: int | None, message: str) -> None:
+            # A stage that fails while the root is out of space most likely failed for
+            # it (it could not write its output): not the video's fault. Its own partial
+            # output is deleted first, so that an output larger than the whole disk
+            # stays the failure of its video instead of pausing the instance forever.
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            try:
+                self.storage_check()
+            except StorageFailed as exc:
+                finish("no_space", exit_code, f"{message}; {exc}")
+                raise
+            finish(outcome, exit_code, message)
+
         if run.timed_out:
             message = f"timed out after {stage.timeout_seconds:g}s; process group killed"
-            finish("timeout", run.exit_code, message)
+            failed("timeout", run.exit_code, message)
             raise AttemptFailed(message)
         code = run.exit_code
         assert code is not None
@@ -349,11 +373,11 @@ class Pipeline:
             raise BadInput(message, exit_code=code)
         if code != 0:
             why = f"killed by {_signal_name(code)}" if code < 0 else f"exit {code}"
-            finish("failed", code, why + suffix)
+            failed("failed", code, why + suffix)
             raise AttemptFailed(why + suffix, exit_code=code)
         if not _nonempty_file(tmp):
             message = "exit 0 but no output: {output} is missing, empty or not a regular file"
-            finish("no_output", code, message)
+            failed("no_output", code, message)
             raise AttemptFailed(message, exit_code=code)
         finish("succeeded", code, None)
 
@@ -461,5 +485,8 @@ def publish(tmp: Path, final: Path, root: Path | None = None) -> None:
     except OSError as exc:
         with contextlib.suppress(OSError):
             fresh.unlink()
-        raise AttemptFailed(f"cannot publish output {final}: {exc.strerror}") from None
+        message = f"cannot publish output {final}: {exc.strerror}"
+        if is_storage_error(exc):
+            raise StorageFailed(message) from None
+        raise AttemptFailed(message) from None
     fsync_dir(final.parent)

@@ -27,7 +27,14 @@ class StageStatus(StrEnum):
 
 
 AttemptOutcome = Literal[
-    "succeeded", "failed", "timeout", "bad_input", "no_output", "unusable", "cancelled"
+    "succeeded",
+    "failed",
+    "timeout",
+    "bad_input",
+    "no_output",
+    "unusable",
+    "cancelled",
+    "no_space",
 ]
 
 

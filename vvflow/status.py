@@ -9,8 +9,10 @@ import time
 from typing import Any
 
 from vvflow import instance, report
+from vvflow.daemon import read_health
 from vvflow.dedupe import ContentIndex
 from vvflow.layout import Layout, State
+from vvflow.storage import free_bytes
 
 NEWEST_FAILURES = 10
 #: The narrowest a reason column gets on a narrow terminal (lines then wrap).
@@ -106,6 +108,57 @@ def collect(layout: Layout, lease_seconds: float) -> dict[str, Any]:
     }
 
 
+def storage(layout: Layout, min_free_bytes: int, lease_seconds: float) -> dict[str, Any]:
+    """The storage root's free bytes against `min_free_bytes`, and the storage trouble
+    live instances report (`trouble` and `since` of the earliest; None when fine)."""
+    free = free_bytes(layout.root)
+    troubled = []
+    for folder in layout.instance_folders():
+        record = read_health(folder)
+        state = record.get("storage") if record is not None else None
+        if (
+            isinstance(state, dict)
+            and state.get("trouble")
+            and not instance.is_dead(folder, lease_seconds)
+        ):
+            troubled.append(
+                {"instance": folder.name, "trouble": state["trouble"], "since": state.get("since")}
+            )
+    troubled.sort(key=lambda t: t["since"] or "")
+    trouble = troubled[0]["trouble"] if troubled else None
+    if trouble is None and free is not None and free < min_free_bytes:
+        trouble = f"{free} bytes free under the root, less than min_free_bytes ({min_free_bytes})"
+    return {
+        "trouble": trouble,
+        "since": troubled[0]["since"] if troubled else None,
+        "free_bytes": free,
+        "min_free_bytes": min_free_bytes,
+        "instances": troubled,
+    }
+
+
+def _bytes(count: int | None) -> str:
+    if count is None:
+        return "?"
+    size = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024:
+            return f"{size:.1f} {unit}" if unit != "B" else f"{count} B"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
+def _render_storage(data: dict[str, Any] | None) -> list[str]:
+    if data is None:
+        return []
+    free = f"{_bytes(data['free_bytes'])} free, claiming needs {_bytes(data['min_free_bytes'])}"
+    if not data["trouble"]:
+        return ["", f"storage: {free}"]
+    since = f" since {data['since']}" if data["since"] else ""
+    return ["", f"STORAGE TROUBLE{since}: {_show(data['trouble'], 120)}",
+            f"  claiming paused ({free}); videos hit by it went back to pending/"]  # fmt: skip
+
+
 def _duration(seconds: float) -> str:
     seconds = max(0, int(seconds))
     if seconds < 120:
@@ -170,6 +223,7 @@ def render(data: dict[str, Any], width: int | None = None) -> str:
         ["STATE", "VIDEOS", ""],
         [[s.value, str(data[s.value]), notes.get(s.value, "")] for s in State],
     )
+    lines += _render_storage(data.get("storage"))
     if data["processing_now"]:
         lines.append("")
         rows = [

@@ -19,9 +19,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vvflow import dedupe, instance, logs, report
+from vvflow import atomicfs, dedupe, instance, logs, report, storage
 from vvflow.config import Settings
-from vvflow.errors import Blocked, Cancelled, ClaimChanged, LayoutError, LeaseLost, StageError
+from vvflow.errors import (
+    Blocked,
+    Cancelled,
+    ClaimChanged,
+    LayoutError,
+    LeaseLost,
+    StageError,
+    StorageFailed,
+    is_storage_error,
+)
 from vvflow.events import Event
 from vvflow.layout import MOVES, WORK, Candidate, Claim, Layout, State, split_name
 from vvflow.pipeline import Job, Pipeline, publish
@@ -49,6 +58,8 @@ class Outcome:
     name: str
     state: State
     error: str | None = None
+    #: Back in pending/ (or never claimed) for storage trouble, not for the video.
+    storage: bool = False
 
 
 @dataclass
@@ -59,14 +70,22 @@ class Summary:
     def count(self, state: State) -> int:
         return sum(1 for o in self.outcomes if o.state == state)
 
+    def storage_returned(self) -> list[Outcome]:
+        """Videos left in or returned to pending/ for storage trouble."""
+        return [o for o in self.outcomes if o.storage]
+
 
 class Worker:
     """One vvflow instance: its lease on the root, its pipeline, its claims."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.storage = storage.Monitor(settings.root, settings.min_free_bytes)
         self.pipeline = Pipeline(
-            settings.stages, settings.root, extra_env=settings.stage_environment()
+            settings.stages,
+            settings.root,
+            extra_env=settings.stage_environment(),
+            storage_check=self.storage.check,
         )
         self.layout = Layout(
             settings.root,
@@ -86,6 +105,11 @@ class Worker:
         #: Files in pending/ this instance may not move, by name (see `status`).
         self.blocked: dict[str, BlockedFile] = {}
         self._blocked_lock = threading.Lock()
+        #: Claims a worker runs now, and claims whose move failed with where they go:
+        #: any other file in this instance's folder is a claim an error left behind.
+        self._held: set[str] = set()
+        self._unfiled: dict[str, tuple[Claim, State]] = {}
+        self._claims_lock = threading.Lock()
 
     def running(self) -> list[dict[str, str | None]]:
         """The videos this instance holds now and the stage each one runs (from their
@@ -134,6 +158,12 @@ class Worker:
         output_dirs = {p.parent for p in self.pipeline.output_paths("x", "x").values()}
         self.layout.ensure(output_dirs)
         self.lease.acquire()
+        try:
+            # One intent slot per move that may run at once (each worker, a claim, a
+            # recovery), so that filing never needs free space.
+            atomicfs.reserve_intents(self.journal, self.settings.workers + 2)
+        except OSError as exc:
+            self.storage.failed(f"cannot reserve the move journal {self.journal}: {exc.strerror}")
         logs.event(Event.STARTED, instance=self.id.name, root=str(self.layout.root))
         if prepare:
             self.prepare()
@@ -149,6 +179,7 @@ class Worker:
             )
 
     def close(self) -> None:
+        self._return_leftovers()
         self.lease.release()
         self.layout.remove_instance_folder(self.lease.folder)
 
@@ -202,16 +233,92 @@ class Worker:
         """Claim one stable candidate and run it; None when it was not ours to run."""
         if self.stopping.is_set() or not self.lease.held():
             return None
-        try:
-            claim = self.layout.claim(candidate, self.lease.folder)
-        except Blocked as exc:
-            self._block(candidate.name, exc)
-            return None
+        if not self.storage.may_claim():
+            return Outcome(candidate.name, State.PENDING, self.storage.trouble(), storage=True)
+        with self._claims_lock:
+            try:
+                claim = self.layout.claim(candidate, self.lease.folder)
+            except Blocked as exc:
+                self._block(candidate.name, exc)
+                return None
+            except OSError as exc:
+                if not is_storage_error(exc):
+                    raise
+                reason = f"cannot claim {candidate.name!r}: {exc.strerror}"
+                self.storage.failed(reason)
+                return Outcome(candidate.name, State.PENDING, reason, storage=True)
+            if claim is not None:
+                self._held.add(claim.name)
         self.unblock(candidate.name)
         if claim is None:
             logs.event(Event.CLAIM_LOST, video=candidate.name)
             return None
-        return self.run_claim(claim)
+        try:
+            return self.run_claim(claim)
+        finally:
+            with self._claims_lock:
+                self._held.discard(claim.name)
+
+    def refile(self) -> None:
+        """After a storage pause: file the claims whose move failed, and return to
+        pending/ any claim no worker holds (a move that failed half-way), so that no
+        error leaves a claim behind in a live instance."""
+        if not self.storage.pause_over() or not self.lease.held():
+            return
+        with self._claims_lock:
+            unfiled = dict(self._unfiled)
+            orphans = [
+                p
+                for p in self.layout.claims_in(self.lease.folder)
+                if p.name not in self._held and p.name not in unfiled
+            ]
+        for claim, state in unfiled.values():
+            if self._file_leftover(claim.path, state):
+                with self._claims_lock:
+                    self._unfiled.pop(claim.name, None)
+        for path in orphans:
+            self._file_leftover(path, State.PENDING)
+
+    def _file_leftover(self, path: Path, state: State) -> bool:
+        try:
+            dest = self.layout.file_claim(path, state, self.lease.folder)
+        except FileNotFoundError:
+            return True
+        except (OSError, LayoutError) as exc:
+            self.storage.failed(f"cannot move {path.name!r} to {state}/: {exc}")
+            return False
+        event = {State.COMPLETED: Event.COMPLETED, State.FAILED: Event.FAILED}.get(
+            state, Event.RELEASED
+        )
+        logs.event(event, video=path.name, path=str(dest.relative_to(self.layout.root)),
+                   reason="filed after a storage pause")  # fmt: skip
+        return True
+
+    def _return_leftovers(self) -> None:
+        """On the way out, every claim still here is filed where it was going or goes
+        back to pending/; one that cannot move is said loudly and left for recovery by
+        the next start (its folder loses its heartbeat, so it reads as dead)."""
+        if not self.lease.held():
+            return  # taken over: those claims are another instance's now
+        with self._claims_lock:
+            unfiled = {name: state for name, (_, state) in self._unfiled.items()}
+            self._unfiled.clear()
+        left = []
+        for path in self.layout.claims_in(self.lease.folder):
+            target = unfiled.get(path.name, State.PENDING)
+            if not any(
+                self._file_leftover(path, s) for s in dict.fromkeys((target, State.PENDING))
+            ):
+                left.append(path.name)
+        if left:
+            logs.event(
+                Event.CLAIMS_LEFT,
+                level=logging.ERROR,
+                videos=left,
+                folder=str(self.lease.folder),
+                error=f"cannot move them back to pending/: {self.storage.trouble()}",
+                hint="the next start of vvflow on this root returns them to pending/",
+            )
 
     # -- files this instance may not move ---------------------------------------------
 
@@ -350,12 +457,10 @@ class Worker:
             try:
                 report.save(rpath, rep, tmp_dir=workspace, durable=durable)
             except OSError as exc:
-                logs.event(
-                    Event.REPORT_UNWRITABLE,
-                    level=logging.ERROR,
-                    video=claim.name,
-                    error=f"cannot write report {rpath}: {exc.strerror}",
-                )
+                # Never go on without a report: a video is filed only with a report
+                # that says so.
+                where = os.path.relpath(rpath, self.layout.root)
+                raise StorageFailed(f"cannot write report {where}: {exc.strerror}") from None
 
         logs.event(
             Event.CLAIMED,
@@ -366,6 +471,8 @@ class Worker:
         )
         state = State.FAILED
         marker: Path | None = None
+        #: Why the video goes back to pending/ for the storage, not for itself.
+        returned_for: str | None = None
         try:
             workspace.mkdir(parents=True, exist_ok=True)
             save()
@@ -382,6 +489,8 @@ class Worker:
             state = State.FAILED
         except Cancelled:
             state = State.PENDING
+        except StorageFailed as exc:
+            state, returned_for = State.PENDING, str(exc)
         except LeaseLost as exc:
             logs.event(Event.LEASE_LOST, level=logging.WARNING, video=claim.name, error=str(exc))
             shutil.rmtree(workspace, ignore_errors=True)
@@ -392,15 +501,21 @@ class Worker:
             self.index.release(marker)
             return None
         except OSError as exc:
-            # The storage itself failed (full disk, I/O error): file the video as failed
-            # with the reason rather than lose track of it.
-            rep.error = f"storage error: {exc.strerror or exc}: {exc.filename or ''}".strip()
-            state = State.FAILED
+            reason = f"storage error: {exc.strerror or exc}: {exc.filename or ''}".strip()
+            if is_storage_error(exc):
+                state, returned_for = State.PENDING, reason
+            else:
+                # Not the storage refusing writes (a file it may not read): file the
+                # video as failed with the reason rather than loop on it.
+                rep.error = reason
+                state = State.FAILED
         except Exception as exc:
             # A bug of ours must not take the other videos down, nor lose this one.
             logs.event(Event.INTERNAL_ERROR, level=logging.ERROR, exc_info=True, video=claim.name)
             rep.error = f"internal error: {exc!r}"
             state = State.FAILED
+        if returned_for is not None:
+            self.storage.failed(returned_for)
         duration = time.monotonic() - started
         rep.state = state
         rep.finished_at = report.now_iso() if state != State.PENDING else None
@@ -408,9 +523,16 @@ class Worker:
         try:
             # The report first, then the move: a crash between them leaves the video in
             # processing/, where recovery returns it and the report lets it resume.
-            save(True)
-            if state == State.COMPLETED and self.settings.dedupe:
-                self._index(claim, rep, workspace)
+            try:
+                save(True)
+                if state == State.COMPLETED and self.settings.dedupe:
+                    self._index(claim, rep, workspace)
+            except StorageFailed as exc:
+                # Its report cannot say where it goes, so it is not filed: back to
+                # pending/, where its report as last written lets it resume.
+                if returned_for is None:
+                    self.storage.failed(str(exc))
+                state, returned_for = State.PENDING, returned_for or str(exc)
             self._guard(claim)
             dest = self.layout.finish(claim, state, self.lease.folder)
         except LeaseLost as exc:
@@ -433,6 +555,16 @@ class Worker:
             except (LayoutError, LeaseLost, ClaimChanged, OSError):
                 return None
             state = State.FAILED
+        except OSError as exc:
+            # The move itself failed (the link fallback's intent on a full disk): the
+            # claim stays, is filed after the pause (`refile`) or returned at shutdown.
+            reason = f"cannot move {claim.name!r} to {state}/: {exc.strerror}"
+            self.storage.failed(reason)
+            with self._claims_lock:
+                self._unfiled[claim.name] = (claim, state)
+            logs.event(Event.FILING_DEFERRED, level=logging.WARNING, video=claim.name,
+                       state=state.value, error=reason)  # fmt: skip
+            return Outcome(claim.name, State.PENDING, reason, storage=True)
         finally:
             shutil.rmtree(workspace, ignore_errors=True)
             self.index.release(marker)
@@ -448,9 +580,13 @@ class Worker:
         }
         if state == State.FAILED:
             fields.update(stage=rep.failed_stage, error=rep.error)
+        if returned_for is not None:
+            fields.update(reason=returned_for)
         level = logging.WARNING if state == State.FAILED else logging.INFO
         logs.event(event, level=level, **fields)
-        return Outcome(claim.name, state, rep.error)
+        return Outcome(
+            claim.name, state, returned_for or rep.error, storage=returned_for is not None
+        )
 
     # -- content identity ------------------------------------------------------------
 
@@ -496,13 +632,15 @@ class Worker:
         lookup believes an entry only when the report agrees (one written earlier would
         be dropped by a concurrent lookup), and a crash after the move must not leave
         an original unindexed. The index is a cache: a failed write only loses a
-        duplicate match."""
+        duplicate match, except on a storage error, which files nothing (StorageFailed)."""
         try:
             if rep.duplicate_of is None:
                 self.index.record(claim.name, claim.identity.size, rep.sha256, tmp_dir=workspace)
             else:
                 self.index.record_duplicate(claim.name)
         except OSError as exc:
+            if is_storage_error(exc):
+                raise StorageFailed(f"cannot index {claim.name!r}: {exc.strerror}") from None
             logs.event(Event.REPORT_UNWRITABLE, level=logging.ERROR, video=claim.name,
                        error=f"cannot index {claim.name!r}: {exc.strerror}")  # fmt: skip
 
