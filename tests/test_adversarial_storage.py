@@ -219,3 +219,26 @@ def test_once_on_a_full_disk_returns_videos_and_exits_non_zero(tiny_disk: Root) 
     once = root.vvflow("once", env=STORAGE_ENV, timeout=60)
     assert once.returncode == 0, once.stderr[-3000:]
     assert_settled(root, names, ["scan", "summarize"])
+
+
+def test_min_free_bytes_is_validated_and_overridable(root: Root) -> None:
+    """`min_free_bytes` comes from the TOML file, the environment or the flag (in that
+    order of precedence, lowest first); a negative or non-integer value is one clear
+    line and exit 2."""
+    root.configure([hostile(root, "scan")], min_free_bytes=-1)
+    bad = root.vvflow("once")
+    assert bad.returncode == 2 and "min_free_bytes" in bad.stderr, bad.stderr
+    assert "Traceback" not in bad.stderr
+    bad = root.vvflow("once", "--min-free-bytes", "lots")
+    assert bad.returncode == 2 and "--min-free-bytes" in bad.stderr, bad.stderr
+    # The flag beats the file and the environment: an impossible threshold pauses claiming.
+    root.drop("a.mp4")
+    paused = root.vvflow("once", "--min-free-bytes", str(1 << 62),
+                         env={"VVFLOW_MIN_FREE_BYTES": "0"})  # fmt: skip
+    assert paused.returncode == 75, paused.stderr[-2000:]
+    assert entries(root.folder("pending")) == ["a.mp4"]
+    env = root.vvflow("once", env={"VVFLOW_MIN_FREE_BYTES": str(1 << 62)})
+    assert env.returncode == 75, env.stderr[-2000:]
+    done = root.vvflow("once", env={"VVFLOW_MIN_FREE_BYTES": "0"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert entries(root.folder("completed")) == ["a.mp4"]

@@ -419,9 +419,14 @@ class Worker:
                     error=f"the video {why} {times} times in a row; does a stage write "
                     "to {video}? Stages must treat their input as read-only",
                 )
-                with contextlib.suppress(OSError):
+                try:
                     report.save(rpath, fresh)
-                failed = self.layout.finish(claim, State.FAILED, self.lease.folder).name
+                except OSError as exc:
+                    # Filed only with a report that says why: back to pending/ for now.
+                    self.storage.failed(f"cannot write report {rpath.name}: {exc.strerror}")
+                    returned = self.layout.finish(claim, State.PENDING, self.lease.folder).name
+                else:
+                    failed = self.layout.finish(claim, State.FAILED, self.lease.folder).name
         logs.event(
             Event.CLAIM_CHANGED,
             level=logging.WARNING,
@@ -552,7 +557,7 @@ class Worker:
             try:
                 save(True)
                 dest = self.layout.finish(claim, State.FAILED, self.lease.folder)
-            except (LayoutError, LeaseLost, ClaimChanged, OSError):
+            except (LayoutError, LeaseLost, ClaimChanged, OSError, StorageFailed):
                 return None
             state = State.FAILED
         except OSError as exc:
