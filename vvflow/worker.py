@@ -419,14 +419,16 @@ class Worker:
                     error=f"the video {why} {times} times in a row; does a stage write "
                     "to {video}? Stages must treat their input as read-only",
                 )
+                state = State.FAILED
                 try:
                     report.save(rpath, fresh)
                 except OSError as exc:
-                    # Filed only with a report that says why: back to pending/ for now.
-                    self.storage.failed(f"cannot write report {rpath.name}: {exc.strerror}")
-                    returned = self.layout.finish(claim, State.PENDING, self.lease.folder).name
-                else:
-                    failed = self.layout.finish(claim, State.FAILED, self.lease.folder).name
+                    if is_storage_error(exc):
+                        # Filed only with a report that says why: back to pending/.
+                        self.storage.failed(f"cannot write report {rpath.name}: {exc.strerror}")
+                        state = State.PENDING
+                dest = self.layout.finish(claim, state, self.lease.folder).name
+                failed, returned = (dest, None) if state == State.FAILED else (None, dest)
         logs.event(
             Event.CLAIM_CHANGED,
             level=logging.WARNING,
@@ -462,10 +464,15 @@ class Worker:
             try:
                 report.save(rpath, rep, tmp_dir=workspace, durable=durable)
             except OSError as exc:
-                # Never go on without a report: a video is filed only with a report
-                # that says so.
-                where = os.path.relpath(rpath, self.layout.root)
-                raise StorageFailed(f"cannot write report {where}: {exc.strerror}") from None
+                message = f"cannot write report {rpath}: {exc.strerror}"
+                if is_storage_error(exc):
+                    # Never go on without a report on a full disk: a video is filed only
+                    # with a report that says so, and the disk will have room again.
+                    raise StorageFailed(message) from None
+                # Something planted at the report's path (a folder, a FIFO) is no
+                # reason to stop this video, and would be the same on every retry.
+                logs.event(Event.REPORT_UNWRITABLE, level=logging.ERROR, video=claim.name,
+                           error=message)  # fmt: skip
 
         logs.event(
             Event.CLAIMED,
