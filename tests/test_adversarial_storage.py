@@ -172,19 +172,22 @@ def test_sigterm_on_a_full_disk_with_the_link_fallback_leaves_no_claim(
     env = {**STORAGE_ENV, "VVFLOW_RENAME": "link"}
     with Fleet(root, tmp_path) as fleet:
         run = fleet.start("run", "--shutdown-grace-seconds", "1", env=env)
-        wait_for(lambda: len(root.names("processing")) == 2, timeout=30,
-                 what="two videos claimed")  # fmt: skip
+        # Both claims are in their (30 s) stage: nothing else of theirs writes now.
+        wait_for(lambda: len([r for r in root.runs() if r["event"] == "start"]) == 2,
+                 timeout=30, what="two stages started")  # fmt: skip
         fillers = _fill(root.path)
-        wait_for(lambda: _no_failure_yet(root, run) and _trouble(root, env) is not None,
-                 timeout=20, what="status to show the storage trouble",
-                 detail=lambda: (tree(root), run.text()[-3000:]))  # fmt: skip
+        shown = time.monotonic() + 20
+        while _trouble(root, env) is None and time.monotonic() < shown:
+            time.sleep(0.1)
+        trouble = _trouble(root, env)
         held = root.names("processing")
         assert len(held) == 2, tree(root)  # their stages still run on the full disk
         assert run.stop(signal.SIGTERM) == 0, run.text()[-3000:]
-        released = [e["video"] for e in run.events() if e["event"] == "released"]
-        assert sorted(released) == held, (released, held)
         left = root.names("processing")
         assert left == [], {"left in processing/": left, "log": run.text()[-3000:]}
+        released = [e["video"] for e in run.events() if e["event"] == "released"]
+        assert sorted(released) == held, (released, held)
+        assert trouble is not None, "status did not show the storage trouble"
         assert entries(root.folder("failed")) == []
         assert "Traceback" not in run.text() and '"internal_error"' not in run.text()
         for filler in fillers:
