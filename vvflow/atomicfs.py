@@ -100,9 +100,16 @@ def reserve_intents(journal: Path, count: int) -> None:
     journal.mkdir(exist_ok=True)
     for number in range(count):
         slot = journal / f"{_SLOT_PREFIX}{number}{INTENT_SUFFIX}"
-        # Real zeros, not a hole or fallocate: the blocks must exist for a later
-        # overwrite to need none.
-        write_atomic(slot, bytes(SLOT_BYTES), tmp_dir=journal)
+        # Written in place, not renamed: an empty slot cut short by a crash holds no
+        # record, and the journal of a dead instance is deleted with its folder. Real
+        # zeros, not a hole or fallocate: the blocks must exist for a later overwrite
+        # to need none.
+        fd = os.open(slot, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        try:
+            _write_all(fd, bytes(SLOT_BYTES))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _take_slot(journal: Path, record: bytes) -> Path | None:
@@ -245,10 +252,7 @@ def write_atomic(
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
+            _write_all(fd, data)
             if durable:
                 os.fsync(fd)
         finally:
@@ -260,6 +264,13 @@ def write_atomic(
         raise
     if durable:
         fsync_dir(path.parent)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
 
 
 def same_file(a: os.stat_result, b: os.stat_result) -> bool:

@@ -464,7 +464,8 @@ class Worker:
             try:
                 report.save(rpath, rep, tmp_dir=workspace, durable=durable)
             except OSError as exc:
-                message = f"cannot write report {rpath}: {exc.strerror}"
+                where = os.path.relpath(rpath, self.layout.root)
+                message = f"cannot write report {where}: {exc.strerror}"
                 if is_storage_error(exc):
                     # Never go on without a report on a full disk: a video is filed only
                     # with a report that says so, and the disk will have room again.
