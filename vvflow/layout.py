@@ -364,10 +364,10 @@ class Layout:
         except OSError:
             return f"cannot move it out of {where}: {exc.strerror}"
         if folder.st_mode & stat.S_ISVTX and uid not in (0, owner, folder.st_uid):
+            # Only a file's owner may move it out of a sticky folder.
             return (
-                f"owned by uid {owner} in {where}, which is sticky (mode "
-                f"{stat.S_IMODE(folder.st_mode):o}): only its owner may move it, and vvflow "
-                f"runs as uid {uid}; chown it to {uid}"
+                f"owned by uid {owner}, not vvflow's uid {uid}; {where} is sticky "
+                f"({stat.S_IMODE(folder.st_mode):o})"
             )
         return f"vvflow (uid {uid}) may not move it out of {where}: {exc.strerror}"
 
