@@ -19,7 +19,8 @@ from vvflow import __version__, atomicfs, instance, logs, report, status
 from vvflow.config import Settings, builtin_stages, load_settings
 from vvflow.daemon import Daemon, check_health
 from vvflow.errors import ConfigError, LayoutError
-from vvflow.layout import Layout, State
+from vvflow.layout import MOVES, Layout, State
+from vvflow.pipeline import Pipeline
 from vvflow.progress import ProgressBar
 from vvflow.stages import STAGES
 from vvflow.worker import Worker
@@ -194,7 +195,8 @@ def _cmd_status(settings: Settings, *, as_json: bool) -> int:
 
 
 def _cmd_retry(settings: Settings, names: list[str], *, every: bool, from_start: bool) -> int:
-    layout = Layout(settings.root, settings.extensions)
+    pipeline = Pipeline(settings.stages, settings.root)
+    layout = Layout(settings.root, settings.extensions, pipeline.output_paths)
     if every == bool(names):
         raise ConfigError("retry: give failed video names or --all (not both)")
     failed = set(layout.files_in(State.FAILED))
@@ -210,9 +212,8 @@ def _cmd_retry(settings: Settings, names: list[str], *, every: bool, from_start:
     lease.acquire()
     try:
         for name in chosen:
-            rpath = layout.report_path(name)
-            rep = report.load(rpath)
-            if rep is not None:
+
+            def reset(rep: report.Report) -> None:
                 if from_start:
                     rep.stages.clear()
                     rep.dedupe = False
@@ -220,9 +221,10 @@ def _cmd_retry(settings: Settings, names: list[str], *, every: bool, from_start:
                 rep.state = State.PENDING
                 rep.failed_stage = None
                 rep.error = None
-                report.save(rpath, rep)
-            dest = layout.retry(name, lease.folder / ".moves")
-            sys.stdout.write(f"retry {name!r} -> input/pending/{dest.name}\n")
+
+            dest, replaced = layout.retry(name, lease.folder / MOVES, reset)
+            note = " (replaced since it failed: starts from scratch)" if replaced else ""
+            sys.stdout.write(f"retry {name!r} -> input/pending/{dest.name}{note}\n")
     finally:
         lease.release()
         shutil.rmtree(lease.folder, ignore_errors=True)

@@ -41,9 +41,8 @@ from vvflow import instance, logs, report
 from vvflow.atomicfs import write_atomic
 from vvflow.errors import Cancelled
 from vvflow.events import Event
-from vvflow.layout import Layout, State
+from vvflow.layout import INDEX, Layout, State
 
-INDEX = "index"
 BUILT = ".built"
 SIZES = ".sizes"
 CHUNK = 1 << 20

@@ -7,18 +7,20 @@ sits in is its state; reports only say why.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
 import stat
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
 from vvflow import atomicfs, instance, report
 from vvflow.errors import Blocked, LayoutError
+from vvflow.report import StageStatus
 
 #: Names that are never candidates, whatever their extension: partial downloads and
 #: editor or copy-tool temporaries.
@@ -28,6 +30,13 @@ MOVES = ".moves"
 #: In an instance folder: the pending files that instance may not move, with the reason.
 BLOCKED = ".blocked"
 _NAME_MAX = 255
+#: `<root>/index/`: caches of what reports/ and the state folders say, rebuilt when missing.
+INDEX = "index"
+#: `index/names/<stem key>/<name key>`: every name vvflow gave a video, by stem ignoring case.
+NAMES = "names"
+#: `index/files/<inode>`: the name a failed or returned video was filed under.
+FILES = "files"
+BUILT = ".built"
 
 
 class State(StrEnum):
@@ -68,6 +77,11 @@ class Claim:
     @property
     def stem(self) -> str:
         return split_name(self.name)[0]
+
+
+def index_key(text: str) -> str:
+    """A file name for an index entry about `text`, safe whatever bytes `text` holds."""
+    return hashlib.sha256(os.fsencode(text)).hexdigest()[:32]
 
 
 def split_name(name: str) -> tuple[str, str]:
@@ -115,6 +129,40 @@ def _fit(
         limit -= 1
 
 
+def _remove(path: Path) -> None:
+    """Delete an output, a file or a folder (folder outputs are published whole)."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def _carry(source: Path, target: Path, reported_at: int) -> bool:
+    """Move an output to the path derived for a video's new name; False when it is
+    gone or was written after the report that records it (then it is another video's).
+    Whatever is at `target` is stale: the new stem is this video's."""
+    try:
+        st = os.lstat(source)
+    except FileNotFoundError:
+        return False
+    if st.st_mtime_ns > reported_at:
+        return False
+    if source == target:
+        return True
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        same = os.path.samefile(source, target)  # a case-insensitive filesystem
+    except OSError:
+        same = False
+    if not same:
+        _remove(target)
+    os.rename(source, target)
+    return True
+
+
 class Layout:
     """The folders under one storage root."""
 
@@ -122,18 +170,21 @@ class Layout:
         self,
         root: Path,
         extensions: Iterable[str],
-        output_names: Callable[[str, str], Iterable[str]] | None = None,
+        output_paths: Callable[[str, str], dict[str, Path]] | None = None,
     ) -> None:
         self.root = root
         self.extensions = tuple(extensions)
-        #: (name, stem) -> the file names of a video's outputs, which must fit NAME_MAX.
-        self.output_names = output_names
+        #: (name, stem) -> stage name -> the final path of that stage's output (the
+        #: pipeline's `output_paths`); names must fit NAME_MAX, outputs follow a rename.
+        self.output_paths = output_paths
         self.input = root / "input"
         self.pending = self.input / State.PENDING
         self.processing = self.input / State.PROCESSING
         self.completed = self.input / State.COMPLETED
         self.failed = self.input / State.FAILED
         self.reports = root / "reports"
+        self.names = root / INDEX / NAMES
+        self.files = root / INDEX / FILES
         self._claim_lock = threading.Lock()
 
     def folder(self, state: State) -> Path:
@@ -243,31 +294,112 @@ class Layout:
         return report.report_path(self.reports, name)
 
     # -- names ---------------------------------------------------------------------
+    #
+    # A video's outputs are derived from its stem, so two videos whose stems are equal
+    # ignoring case (`clip.Mp4`, `clip.mkv`, `CLIP.mkv`) would write the same outputs
+    # (on a case-insensitive share even the same report). Stems are compared casefolded,
+    # against the claims in processing/ (a few names, listed) and the names index, which
+    # records every name vvflow gave a video before any report is written under it: one
+    # small folder is read per check, whatever the number of videos in completed/.
 
-    def _ext_variants(self, ext: str) -> set[str]:
-        variants = {ext}
-        for e in self.extensions:
-            variants.update((e, e.upper()))
-        return variants
+    def _name_entry(self, name: str) -> Path:
+        return self.names / index_key(split_name(name)[0].casefold()) / index_key(name)
+
+    def remember_name(self, name: str, tmp_dir: Path | None = None) -> None:
+        """Record that a video is called `name`. Done before a report is written under
+        that name, so that `stem_taken` knows every report."""
+        entry = self._name_entry(name)
+        if os.path.lexists(entry):
+            return
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        data = json.dumps({"name": name}, ensure_ascii=True).encode()
+        atomicfs.write_atomic(entry, data, tmp_dir=tmp_dir, durable=False)
+
+    def ensure_names(self, tmp_dir: Path | None = None) -> bool:
+        """Build the names index from reports/, completed/ and failed/ when it is missing
+        (a root from before it existed, or index/ deleted); True when it was built."""
+        if (self.names / BUILT).exists():
+            return False
+        names = set(self.files_in(State.COMPLETED)) | set(self.files_in(State.FAILED))
+        try:
+            entries = list(os.scandir(self.reports))
+        except FileNotFoundError:
+            entries = []
+        for entry in entries:
+            if entry.name.startswith(".") or not entry.name.endswith(".json"):
+                continue
+            name = entry.name[: -len(".json")]
+            if self.report_path(name).name != entry.name:  # a shortened, hashed file name
+                rep = report.load(Path(entry.path))
+                if rep is None:
+                    continue
+                name = rep.name
+            names.add(name)
+        for name in names:
+            self.remember_name(name, tmp_dir)
+        self.names.mkdir(parents=True, exist_ok=True)
+        (self.names / BUILT).touch()
+        return True
+
+    def _names_of_stem(self, folded: str) -> list[str]:
+        """The names the index records whose casefolded stem is `folded`."""
+        try:
+            with os.scandir(self.names / index_key(folded)) as it:
+                paths = [e.path for e in it if not e.name.startswith(".")]
+        except FileNotFoundError:
+            return []
+        found = []
+        for path in paths:
+            try:
+                name = json.loads(Path(path).read_bytes())["name"]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if isinstance(name, str) and split_name(name)[0].casefold() == folded:
+                found.append(name)
+        return found
 
     def stem_taken(
         self, stem: str, ext: str, identity: report.Identity, *, mine: Path | None = None
     ) -> bool:
-        """Whether another video already owns `stem` (and so its output paths).
+        """Whether another video owns `stem`, ignoring case, and so its output paths.
 
         `mine` is the path of our own claim, which does not count against itself."""
-        variants = self._ext_variants(ext)
-        folders = [self.completed, self.failed, *self.instance_folders()]
-        for folder in folders:
-            for variant in variants:
-                path = folder / f"{stem}{variant}"
-                if path != mine and os.path.lexists(path):
-                    return True
-        for variant in variants:
-            previous = report.load(self.report_path(f"{stem}{variant}"))
-            if previous is not None and previous.identity != identity:
+        folded = stem.casefold()
+        # processing/ first: a video filed from there meanwhile is then in the index.
+        for folder in self.instance_folders():
+            try:
+                with os.scandir(folder) as it:
+                    for entry in it:
+                        if (
+                            not entry.name.startswith(".")
+                            and split_name(entry.name)[0].casefold() == folded
+                            and Path(entry.path) != mine
+                        ):
+                            return True
+            except FileNotFoundError:
+                continue
+        candidate = stem + ext
+        return any(self._name_blocks(n, candidate, identity) for n in self._names_of_stem(folded))
+
+    def _name_blocks(self, name: str, candidate: str, identity: report.Identity) -> bool:
+        """Whether the video once called `name` still owns its stem against the file
+        `identity` arriving as `candidate`: a file is filed under that name, or the
+        report of another file says completed (its outputs are that video's even if
+        the file was deleted), or waits with its file in pending/. A failed or pending
+        report whose video is gone blocks nothing: a new file takes the name afresh."""
+        for folder in (self.completed, self.failed):
+            try:
+                st = os.lstat(folder / name)
+            except FileNotFoundError:
+                continue
+            if report.Identity.of(st) != identity:
                 return True
-        return False
+        rep = report.load(self.report_path(name))
+        if rep is None or rep.identity == identity:
+            return False
+        if rep.state == State.COMPLETED:
+            return True
+        return name != candidate and os.path.lexists(self.pending / name)
 
     def free_name(self, name: str, identity: report.Identity) -> str:
         """`name`, or `<stem>-N<ext>` with the first N whose stem no other video owns."""
@@ -280,9 +412,127 @@ class Layout:
         return candidate
 
     def _fits(self, name: str, stem: str) -> bool:
-        if self.output_names is None:
+        if self.output_paths is None:
             return True
-        return all(len(os.fsencode(n)) <= _NAME_MAX for n in self.output_names(name, stem))
+        paths = self.output_paths(name, stem).values()
+        return all(len(os.fsencode(p.name)) <= _NAME_MAX for p in paths)
+
+    # -- a file's history follows the file -------------------------------------------
+
+    def remember_file(self, name: str, identity: report.Identity, tmp_dir: Path) -> None:
+        """Record the name the file `identity` is filed under (failed/, or back in
+        pending/), so that its history is found when it comes back under another name.
+        Keyed by inode alone: all folders are on one filesystem, and a network
+        filesystem's device number differs between hosts. A cache: a lost entry only
+        costs a rerun, and an entry is believed only when the report's whole identity
+        agrees."""
+        self.files.mkdir(parents=True, exist_ok=True)
+        data = json.dumps({"name": name}, ensure_ascii=True).encode()
+        entry = self.files / str(identity.inode)
+        atomicfs.write_atomic(entry, data, tmp_dir=tmp_dir, durable=False)
+
+    def _filed_as(self, identity: report.Identity) -> str | None:
+        try:
+            name = json.loads((self.files / str(identity.inode)).read_bytes())["name"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return name if isinstance(name, str) else None
+
+    def history(self, claim: Claim, journal: Path, tmp_dir: Path) -> report.Report | None:
+        """The report of this very file (its identity), under the claim's name; None
+        when it has none.
+
+        When the file comes back under another name than its report's (renamed by
+        hand, moved to a free name) that report and its finished outputs follow it.
+        Reports of other files under this stem whose videos are gone are dropped with
+        their outputs: they describe content that no longer exists."""
+        self.remember_name(claim.name, tmp_dir)
+        rep = report.load(self.report_path(claim.name))
+        found = rep if rep is not None and rep.identity == claim.identity else None
+        if found is None:
+            old = self._filed_as(claim.identity)
+            if old is not None and old != claim.name:
+                found = self.follow(
+                    old, claim.name, claim.identity, journal=journal, tmp_dir=tmp_dir
+                )
+        mine = found.stages.values() if found is not None else ()
+        keep = {(self.root / r.output).as_posix().casefold() for r in mine if r.output}
+        for name in self._names_of_stem(claim.stem.casefold()):
+            self._drop_if_stale(name, claim, keep)
+        return found
+
+    def _drop_if_stale(self, name: str, claim: Claim, keep: set[str]) -> None:
+        rep = report.load(self.report_path(name))
+        if rep is None or rep.identity == claim.identity:
+            return
+        if name != claim.name:
+            if rep.state == State.COMPLETED:
+                return
+            folders = [self.pending, self.failed, *self.instance_folders()]
+            if any(os.path.lexists(folder / name) for folder in folders):
+                return  # that video is still here: it keeps its history
+        self.discard(name, rep, keep)
+
+    def discard(self, name: str, rep: report.Report, keep: Collection[str] = ()) -> None:
+        """Delete the report under `name` and the outputs it records for its own file:
+        the content they describe is gone. Paths in `keep` (casefolded) are another
+        video's."""
+        for record in rep.stages.values():
+            if record.output is None or record.identity != rep.identity:
+                continue
+            path = self.root / record.output
+            if path.as_posix().casefold() not in keep:
+                _remove(path)
+        with contextlib.suppress(FileNotFoundError):
+            self.report_path(name).unlink()
+
+    def follow(
+        self, old: str, new: str, identity: report.Identity, *, journal: Path, tmp_dir: Path
+    ) -> report.Report | None:
+        """Move the history of the file `identity` from the name `old` to `new`: its
+        report, and the outputs of the stages that succeeded for it, re-derived for the
+        new stem. Returns the moved report, or None when `old` holds no report of that
+        file. The report is taken by one no-overwrite rename, so that of several
+        processes only one moves it; an output written after that report (by a new
+        video that took the old stem) is never taken along."""
+        src, dst = self.report_path(old), self.report_path(new)
+        rep = report.load(src)
+        if rep is None or rep.identity != identity or src == dst:
+            return None
+        try:
+            reported_at = os.stat(src).st_mtime_ns
+        except FileNotFoundError:
+            return None
+        self.remember_name(new, tmp_dir)
+        stale = report.load(dst)
+        if stale is not None:
+            self.discard(new, stale)
+        try:
+            atomicfs.rename_noreplace(src, dst, journal=journal)
+        except (FileNotFoundError, FileExistsError):
+            return None  # another process took it, or wrote a report there meanwhile
+        targets = self.output_paths(new, split_name(new)[0]) if self.output_paths else {}
+        for stage, record in rep.stages.items():
+            if record.output is None:
+                continue
+            target = targets.get(stage)
+            if (
+                record.status == StageStatus.SUCCEEDED
+                and record.identity == identity
+                and target is not None
+                and _carry(self.root / record.output, target, reported_at)
+            ):
+                record.output = os.path.relpath(target, self.root)
+                continue
+            if record.status == StageStatus.SUCCEEDED:
+                record.status = StageStatus.PENDING  # its output is gone: run it again
+            record.output = None
+        rep.previous_names.append(old)
+        rep.name = new
+        report.save(dst, rep, tmp_dir=tmp_dir)
+        with contextlib.suppress(OSError):
+            self.remember_file(new, identity, tmp_dir)
+        return rep
 
     def _free_in(self, folder: Path, name: str) -> str:
         stem, ext = split_name(name)
@@ -312,6 +562,7 @@ class Layout:
         instance claimed it first. The rename is the lock."""
         src = self.pending / candidate.name
         journal = lease_folder / MOVES
+        self.ensure_names(lease_folder)  # one stat, unless index/ was deleted
         try:
             st = os.lstat(src)
         except FileNotFoundError:
@@ -410,16 +661,74 @@ class Layout:
 
     def finish(self, claim: Claim, state: State, lease_folder: Path) -> Path:
         """File a claimed video under completed/, failed/ or back in pending/."""
-        return self._move(claim.path, self.folder(state), claim.name, lease_folder / MOVES)
+        journal = lease_folder / MOVES
+        if state != State.COMPLETED:
+            with contextlib.suppress(OSError):  # a cache: a lost entry costs a rerun
+                self.remember_file(claim.name, claim.identity, lease_folder)
+        dest = self._move(claim.path, self.folder(state), claim.name, journal)
+        if dest.name != claim.name:  # a new file of that name came to pending/ meanwhile
+            with contextlib.suppress(OSError):  # its history lost: a rerun
+                self.follow(claim.name, dest.name, claim.identity, journal=journal,
+                            tmp_dir=lease_folder)  # fmt: skip
+        return dest
 
     def file_claim(self, path: Path, state: State, lease_folder: Path) -> Path:
         """File a file found in `lease_folder` (a claim no worker holds any more) under
         `state`'s folder, keeping its name where it is free."""
-        return self._move(path, self.folder(state), path.name, lease_folder / MOVES)
+        journal = lease_folder / MOVES
+        identity = report.Identity.of(os.lstat(path))
+        dest = self._move(path, self.folder(state), path.name, journal)
+        if dest.name != path.name:  # its history follows it to the free name
+            with contextlib.suppress(OSError):
+                self.follow(path.name, dest.name, identity, journal=journal,
+                            tmp_dir=lease_folder)  # fmt: skip
+        return dest
 
-    def retry(self, name: str, journal: Path) -> Path:
-        """Move a failed video back to pending/."""
-        return self._move(self.failed / name, self.pending, name, journal)
+    def retry(
+        self, name: str, journal: Path, reset: Callable[[report.Report], None]
+    ) -> tuple[Path, bool]:
+        """Move a failed video back to pending/ with its history: `reset` edits its
+        report first. Under its own name when that is free, else under a free one, its
+        report and finished outputs moving to that name before the video does, so no
+        report ever waits for a video that is not there. A file replaced in place since
+        it failed (same inode, new size or mtime) loses the old content's history and
+        starts from scratch under its own name. Returns where it went and whether it
+        was such a replaced file."""
+        src = self.failed / name
+        identity = report.Identity.of(os.lstat(src))
+        tmp = journal.parent
+        self.ensure_names(tmp)
+        rep = report.load(self.report_path(name))
+        replaced = rep is not None and rep.identity != identity
+        if rep is not None and replaced:
+            self.discard(name, rep)
+        current = name
+        while True:
+            target = self._free_for_retry(name, identity)
+            if target != current:
+                self.follow(current, target, identity, journal=journal, tmp_dir=tmp)
+                current = target
+            rpath = self.report_path(current)
+            rep = report.load(rpath)
+            if rep is not None and rep.identity == identity:
+                reset(rep)
+                report.save(rpath, rep, tmp_dir=tmp)
+            self.remember_file(current, identity, tmp)
+            try:
+                atomicfs.rename_noreplace(src, self.pending / current, journal=journal)
+            except FileExistsError:
+                continue  # another file took that name in pending/ meanwhile
+            return self.pending / current, replaced
+
+    def _free_for_retry(self, name: str, identity: report.Identity) -> str:
+        stem, ext = split_name(name)
+        candidate, number = name, 1
+        while os.path.lexists(self.pending / candidate) or self.stem_taken(
+            split_name(candidate)[0], ext, identity
+        ):
+            number += 1
+            candidate = _fit(stem, f"-{number}", ext, self._fits)
+        return candidate
 
     # -- recovery ------------------------------------------------------------------
 
@@ -444,8 +753,16 @@ class Layout:
             self._kill_orphans(folder / WORK)
         returned = []
         for path in self.claims_in(folder):
-            with contextlib.suppress(FileNotFoundError):
-                returned.append(self._move(path, self.pending, path.name, journal))
+            try:
+                identity = report.Identity.of(os.lstat(path))
+                dest = self._move(path, self.pending, path.name, journal)
+            except FileNotFoundError:
+                continue
+            returned.append(dest)
+            if dest.name != path.name:  # a new file of that name came meanwhile
+                with contextlib.suppress(OSError):
+                    self.follow(path.name, dest.name, identity, journal=journal,
+                                tmp_dir=journal.parent)  # fmt: skip
         self.remove_instance_folder(folder)
         return returned, repaired
 

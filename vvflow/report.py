@@ -99,6 +99,9 @@ class Report(BaseModel):
     duplicate_of: str | None = None
     #: False after `retry --from-start`: run every stage even if the content is known.
     dedupe: bool = True
+    #: The names this very file had before (renamed by hand, or moved to a free name),
+    #: oldest first; its report and finished outputs followed it.
+    previous_names: list[str] = Field(default_factory=list)
 
     def stage(self, name: str) -> StageRecord:
         return self.stages.setdefault(name, StageRecord())

@@ -87,11 +87,7 @@ class Worker:
             extra_env=settings.stage_environment(),
             storage_check=self.storage.check,
         )
-        self.layout = Layout(
-            settings.root,
-            settings.extensions,
-            lambda name, stem: [p.name for p in self.pipeline.output_paths(name, stem).values()],
-        )
+        self.layout = Layout(settings.root, settings.extensions, self.pipeline.output_paths)
         self.id = instance.InstanceId.current()
         self.lease = instance.Lease(self.layout.processing / self.id.name, settings.lease_seconds)
         self.index = dedupe.ContentIndex(self.layout, settings.lease_seconds)
@@ -169,8 +165,15 @@ class Worker:
             self.prepare()
 
     def prepare(self) -> None:
-        """Rebuild the content index from the reports if it is missing."""
+        """Rebuild the names index and the content index from the reports if missing."""
         started = time.monotonic()
+        if self.layout.ensure_names(self.lease.folder):
+            logs.event(
+                Event.INDEX_REBUILT,
+                folder=str(self.layout.names),
+                duration_s=time.monotonic() - started,
+            )
+            started = time.monotonic()
         if self.settings.dedupe and self.index.ensure():
             logs.event(
                 Event.INDEX_REBUILT,
@@ -442,8 +445,15 @@ class Worker:
         started = time.monotonic()
         workspace = self.lease.folder / WORK / claim.name
         rpath = self.layout.report_path(claim.name)
-        rep = report.load(rpath)
-        if rep is None or rep.identity != claim.identity:
+        try:
+            # This very file's history, though it had another name (renamed by hand,
+            # moved to a free name); stale reports of gone videos under this stem dropped.
+            rep = self.layout.history(claim, self.journal, self.lease.folder)
+        except OSError as exc:
+            error = f"cannot look up the history of {claim.name!r}: {exc.strerror}"
+            logs.event(Event.REPORT_UNWRITABLE, level=logging.ERROR, video=claim.name, error=error)
+            rep = None
+        if rep is None:
             rep = report.Report(
                 name=claim.name,
                 original_name=claim.original_name,
