@@ -15,11 +15,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import Root
+from tests.test_adversarial_support import Fleet, assert_settled, entries, hostile, tree, wait_for
 
 STAGES = ("scan", "summarize", "logline")
 FOLDERS = {"scan": ("analytic", "analytic"), "summarize": ("summaries", "summary"),
@@ -110,6 +114,31 @@ def test_completed_report_blocks_its_stem_in_any_case_after_the_video_is_deleted
     _assert_owns_outputs(root, "cLiP-2.mp4", second)
     assert _output(root, "scan", "Clip").read_bytes() == before
     assert root.report("Clip.MOV")["state"] == "completed"
+
+
+@pytest.mark.timeout(120)
+def test_instances_racing_for_stems_equal_ignoring_case(root: Root, tmp_path: Path) -> None:
+    """Two instances, 8 triples of videos whose stems are equal ignoring case
+    (`q03.Mp4`, `Q03.mkv`, `q03.MOV`) dropped at once: claims of one stem race between
+    instances. Every video completes once, no two completed stems are equal ignoring
+    case, and each output was written for the video its stem names."""
+    root.configure([hostile(root, "scan", "sleep:0-0.05")], stable_seconds=0.3,
+                   rescan_seconds=0.5, workers=2)  # fmt: skip
+    names = [n for i in range(8) for n in (f"q{i:02d}.Mp4", f"Q{i:02d}.mkv", f"q{i:02d}.MOV")]
+    with Fleet(root, tmp_path) as fleet:
+        runs = [fleet.start("run") for _ in range(2)]
+        for name in names:
+            root.drop(name)
+        wait_for(lambda: len(entries(root.folder("completed"))) == len(names), timeout=90,
+                 what="every video", detail=lambda: tree(root))  # fmt: skip
+        time.sleep(1.0)  # two more rescans: nothing comes back
+        for run in runs:
+            assert run.stop() == 0
+    completed = entries(root.folder("completed"))
+    folded = {os.path.splitext(n)[0].casefold() for n in completed}
+    assert len(folded) == len(completed) == len(names), completed
+    assert sorted(root.report(n)["original_name"] for n in completed) == sorted(names)
+    assert_settled(root, completed, ["scan"])
 
 
 # -- item 9: manual retries ---------------------------------------------------------

@@ -84,6 +84,25 @@ def index_key(text: str) -> str:
     return hashlib.sha256(os.fsencode(text)).hexdigest()[:32]
 
 
+def _read_name(entry: Path) -> str | None:
+    """The name an index entry holds; None when it is unreadable. Never blocks on a
+    FIFO nor follows a symlink planted there."""
+    try:
+        fd = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            name = json.loads(fh.read())["name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    finally:
+        os.close(fd)
+    return name if isinstance(name, str) else None
+
+
 def split_name(name: str) -> tuple[str, str]:
     """('clip.final', '.mp4') for 'clip.final.mp4'."""
     stem, ext = os.path.splitext(name)
@@ -348,15 +367,8 @@ class Layout:
                 paths = [e.path for e in it if not e.name.startswith(".")]
         except FileNotFoundError:
             return []
-        found = []
-        for path in paths:
-            try:
-                name = json.loads(Path(path).read_bytes())["name"]
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
-            if isinstance(name, str) and split_name(name)[0].casefold() == folded:
-                found.append(name)
-        return found
+        names = (_read_name(Path(path)) for path in paths)
+        return [n for n in names if n is not None and split_name(n)[0].casefold() == folded]
 
     def stem_taken(
         self, stem: str, ext: str, identity: report.Identity, *, mine: Path | None = None
@@ -431,12 +443,18 @@ class Layout:
         entry = self.files / str(identity.inode)
         atomicfs.write_atomic(entry, data, tmp_dir=tmp_dir, durable=False)
 
-    def _filed_as(self, identity: report.Identity) -> str | None:
-        try:
-            name = json.loads((self.files / str(identity.inode)).read_bytes())["name"]
-        except (OSError, ValueError, KeyError, TypeError):
+    def _own_history(
+        self, name: str, identity: report.Identity, journal: Path, tmp_dir: Path
+    ) -> report.Report | None:
+        """The report of the file `identity` under `name`: found there, or under the
+        name it was last filed as, whence it is moved to `name` (see `follow`)."""
+        rep = report.load(self.report_path(name))
+        if rep is not None and rep.identity == identity:
+            return rep
+        old = _read_name(self.files / str(identity.inode))
+        if old is None or old == name:
             return None
-        return name if isinstance(name, str) else None
+        return self.follow(old, name, identity, journal=journal, tmp_dir=tmp_dir)
 
     def history(self, claim: Claim, journal: Path, tmp_dir: Path) -> report.Report | None:
         """The report of this very file (its identity), under the claim's name; None
@@ -447,14 +465,7 @@ class Layout:
         Reports of other files under this stem whose videos are gone are dropped with
         their outputs: they describe content that no longer exists."""
         self.remember_name(claim.name, tmp_dir)
-        rep = report.load(self.report_path(claim.name))
-        found = rep if rep is not None and rep.identity == claim.identity else None
-        if found is None:
-            old = self._filed_as(claim.identity)
-            if old is not None and old != claim.name:
-                found = self.follow(
-                    old, claim.name, claim.identity, journal=journal, tmp_dir=tmp_dir
-                )
+        found = self._own_history(claim.name, claim.identity, journal, tmp_dir)
         mine = found.stages.values() if found is not None else ()
         keep = {(self.root / r.output).as_posix().casefold() for r in mine if r.output}
         for name in self._names_of_stem(claim.stem.casefold()):
@@ -702,6 +713,7 @@ class Layout:
         replaced = rep is not None and rep.identity != identity
         if rep is not None and replaced:
             self.discard(name, rep)
+        self._own_history(name, identity, journal, tmp)  # an earlier retry that crashed
         current = name
         while True:
             target = self._free_for_retry(name, identity)
