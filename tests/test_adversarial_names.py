@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Root
+from tests.conftest import Root, events
 from tests.test_adversarial_support import Fleet, assert_settled, entries, hostile, tree, wait_for
 
 STAGES = ("scan", "summarize", "logline")
@@ -157,7 +157,11 @@ def test_failed_video_renamed_by_hand_resumes_and_frees_its_old_name(
     assert root.names("failed") == ["b.mp4"]
     flag.touch()
     os.rename(root.folder("failed") / "b.mp4", root.folder("pending") / "b-renamed.mp4")
-    root.vvflow("once", check=0)
+    proc = root.vvflow("once", check=0)
+    moved = [e for e in events(proc.stderr) if e["event"] == "history_moved"]
+    assert [(e["video"], e["previous_name"], e["outputs_kept"]) for e in moved] == [
+        ("b-renamed.mp4", "b.mp4", ["scan"])
+    ]
 
     assert root.names("completed") == ["b-renamed.mp4"]
     _assert_owns_outputs(root, "b-renamed.mp4", first)

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from vvflow import atomicfs, instance, report
+from vvflow import atomicfs, instance, logs, report
 from vvflow.errors import Blocked, LayoutError
+from vvflow.events import Event
 from vvflow.report import StageStatus
 
 #: Names that are never candidates, whatever their extension: partial downloads and
@@ -541,6 +542,12 @@ class Layout:
         rep.previous_names.append(old)
         rep.name = new
         report.save(dst, rep, tmp_dir=tmp_dir)
+        logs.event(
+            Event.HISTORY_MOVED,
+            video=new,
+            previous_name=old,
+            outputs_kept=sorted(s for s, r in rep.stages.items() if r.output is not None),
+        )
         with contextlib.suppress(OSError):
             self.remember_file(new, identity, tmp_dir)
         return rep
