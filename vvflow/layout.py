@@ -580,7 +580,10 @@ class Layout:
         instance claimed it first. The rename is the lock."""
         src = self.pending / candidate.name
         journal = lease_folder / MOVES
-        self.ensure_names(lease_folder)  # one stat, unless index/ was deleted
+        try:
+            self.ensure_names(lease_folder)  # one stat, unless index/ was deleted
+        except OSError:
+            return None  # no claim while names could be missed; the next scan tries again
         try:
             st = os.lstat(src)
         except FileNotFoundError:
