@@ -445,14 +445,20 @@ class Worker:
         started = time.monotonic()
         workspace = self.lease.folder / WORK / claim.name
         rpath = self.layout.report_path(claim.name)
+        lookup_failed: StorageFailed | None = None
         try:
             # This very file's history, though it had another name (renamed by hand,
             # moved to a free name); stale reports of gone videos under this stem dropped.
             rep = self.layout.history(claim, self.journal, self.lease.folder)
         except OSError as exc:
             error = f"cannot look up the history of {claim.name!r}: {exc.strerror}"
-            logs.event(Event.REPORT_UNWRITABLE, level=logging.ERROR, video=claim.name, error=error)
-            rep = None
+            if is_storage_error(exc):
+                lookup_failed = StorageFailed(error)  # back to pending/, history kept
+            else:
+                logs.event(Event.REPORT_UNWRITABLE, level=logging.ERROR, video=claim.name,
+                           error=error)  # fmt: skip
+            rep = report.load(rpath)
+            rep = rep if rep is not None and rep.identity == claim.identity else None
         if rep is None:
             rep = report.Report(
                 name=claim.name,
@@ -497,6 +503,8 @@ class Worker:
         #: Why the video goes back to pending/ for the storage, not for itself.
         returned_for: str | None = None
         try:
+            if lookup_failed is not None:
+                raise lookup_failed
             workspace.mkdir(parents=True, exist_ok=True)
             save()
             original = None
