@@ -1,0 +1,262 @@
+"""Leases that do not trust clocks: a live instance keeps its claims however old its
+heartbeat looks, and an instance on another host whose wall clock is 120 s ahead takes
+nothing from a live one, yet recovers a dead one after a lease of its own time."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Root
+from tests.test_adversarial_support import (
+    Fleet,
+    Vvflow,
+    assert_settled,
+    clean_env,
+    entries,
+    hostile,
+    log_time,
+    stage_log,
+    tree,
+    wait_for,
+)
+
+LEASE = 3.0
+STAGES = ("scan", "summarize")
+NAMES = ["a.mp4", "b.mp4"]
+SKEW = 120.0
+#: Run as the pid 1 of a fresh PID and UTS namespace: name the host, then become vvflow.
+_OTHER_HOST = "import os, socket, sys; socket.sethostname(sys.argv[1]); os.execv(sys.argv[2], sys.argv[2:])"
+
+
+def _configure(root: Root, gate: Path) -> None:
+    """The first stage waits for `gate`: the instance holds its claims as long as we like."""
+    root.configure(
+        [hostile(root, "scan", f"wait:{gate}"), hostile(root, "summarize", inp="{scan}")],
+        stable_seconds=0.2, rescan_seconds=0.5, workers=2, lease_seconds=LEASE,
+    )  # fmt: skip
+
+
+def _folder_of(root: Root, run: Vvflow) -> Path:
+    found = [p for p in root.folder("processing").glob(f"*-{run.pid}-*") if p.is_dir()]
+    assert len(found) == 1, tree(root)
+    return found[0]
+
+
+def _starts(root: Root) -> Counter[tuple[str, str]]:
+    return Counter((r["video"], r["stage"]) for r in stage_log(root) if r["event"] == "start")
+
+
+def _first_within(condition: Callable[[], bool], seconds: float) -> float | None:
+    """Poll `condition` for `seconds`: when it first held (seconds in), or None."""
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        if condition():
+            return time.monotonic() - started
+        time.sleep(0.05)
+    return None
+
+
+def _taken_over(run: Vvflow, folder: Path) -> Callable[[], bool]:
+    """Whether `run` took the claims of the instance owning `folder` (a takeover deletes
+    the heartbeat first)."""
+
+    def check() -> bool:
+        recovered = [e for e in run.events() if e["event"] == "recovered"]
+        return any(e["instance"] == folder.name for e in recovered) or not (
+            folder / ".heartbeat"
+        ).exists()
+
+    return check
+
+
+class Backdating:
+    """Keeps setting a heartbeat's mtime to an hour ago (`touch -d '1 hour ago'`), faster
+    than its owner refreshes it (every lease / 4)."""
+
+    def __init__(self, heartbeat: Path) -> None:
+        self.heartbeat = heartbeat
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            old = time.time() - 3600
+            with contextlib.suppress(FileNotFoundError):
+                os.utime(self.heartbeat, (old, old))
+            self._stop.wait(0.02)
+
+    def __enter__(self) -> Backdating:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@pytest.mark.timeout(90)
+def test_backdated_heartbeat_of_a_live_instance_is_never_taken_over(
+    root: Root, tmp_path: Path
+) -> None:
+    """`vvflow run` A holds two videos (its first stage waits for a gate) while its
+    heartbeat is set to an hour ago over and over; `vvflow status` and `vvflow health`
+    look, then instance B runs on the same root for three leases. A's process is alive
+    on this host, which proves more than any heartbeat: B never takes A's claims, A
+    keeps its lease, each stage of each video runs exactly once, `status` does not call
+    A dead and `health` stays healthy."""
+    gate = tmp_path / "gate"
+    _configure(root, gate)
+    with Fleet(root, tmp_path) as fleet:
+        a = fleet.start("run")
+        for name in NAMES:
+            root.drop(name)
+        wait_for(lambda: sum(_starts(root).values()) == 2, what="A running both videos",
+                 detail=lambda: tree(root))  # fmt: skip
+        folder = _folder_of(root, a)
+        with Backdating(folder / ".heartbeat"):
+            time.sleep(0.5)  # backdated for a while, whatever A's next beat does
+            mine = [i for i in root.status()["instances"] if i["name"] == folder.name]
+            health = root.vvflow("health")
+            b = fleet.start("run")
+            took_over = _first_within(_taken_over(b, folder), 3 * LEASE)
+            still_held = (folder / ".heartbeat").exists()
+        gate.touch()
+        wait_for(lambda: entries(root.folder("completed")) == NAMES, timeout=30,
+                 what="both videos", detail=lambda: tree(root))  # fmt: skip
+        a_code = a.stop() if a.proc.poll() is None else a.proc.returncode
+        assert b.stop() == 0, b.text()[-3000:]
+
+    starts = _starts(root)
+    assert starts == {(n, s): 1 for n in NAMES for s in STAGES}, f"stages run twice: {starts}"
+    assert took_over is None, f"B took A's claims {took_over:.1f}s after it started"
+    assert still_held and a_code == 0, a.text()[-3000:]
+    assert all(r["ppid"] == a.pid for r in stage_log(root)), "B ran a stage of A's videos"
+    assert len(mine) == 1 and mine[0]["dead"] is False, mine
+    assert health.returncode == 0, health.stdout
+    assert_settled(root, NAMES, STAGES)
+    print(f"\nbackdated heartbeat: held {3 * LEASE:g}s (lease {LEASE:g}s), 0 takeovers, "
+          f"each stage once, health: {health.stdout.strip()}")  # fmt: skip
+
+
+def _libfaketime() -> str | None:
+    found = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))
+    return found[0] if found else None
+
+
+class OtherHost(Vvflow):
+    """`vvflow run` as on another host: its own PID and UTS namespaces (hostname
+    `name`, its own /proc) and, through libfaketime, a wall clock `skew` seconds ahead;
+    its monotonic clock is left alone, as a real host's would be."""
+
+    def __init__(self, root: Root, name: str, skew: float, *, log: Path, lib: str) -> None:
+        self.log = log
+        self._stderr = log.open("wb")
+        env = clean_env({"LD_PRELOAD": lib, "FAKETIME": f"+{skew:g}s",
+                         "FAKETIME_DONT_FAKE_MONOTONIC": "1"})  # fmt: skip
+        self.proc = subprocess.Popen(
+            ["unshare", "--pid", "--fork", "--uts", "--mount-proc", "--kill-child",
+             sys.executable, "-c", _OTHER_HOST, name,
+             sys.executable, "-m", "vvflow", "run", "--root", str(root.path)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr, env=env,
+        )  # fmt: skip
+        wait_for(lambda: b'"watching"' in log.read_bytes() or self.proc.poll() is not None,
+                 what="the other host's observer to start")  # fmt: skip
+        assert self.proc.poll() is None, self.text()[-3000:]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        # unshare does not pass signals on: signal its child, the namespace's pid 1.
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
+        for child in children.split():
+            os.kill(int(child), sig)
+        return self.proc.wait(timeout=timeout)
+
+
+def _skew_available() -> str:
+    """libfaketime's path, after checking that it moves Python's wall clock and not its
+    monotonic clock; skips (saying why) where that cannot be had."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) for another host's PID and UTS namespaces")
+    lib = _libfaketime()
+    if lib is None:
+        pytest.skip("needs libfaketime (Debian package faketime) to skew a clock")
+    probe = "import time; print(time.time(), time.monotonic())"
+    env = clean_env({"LD_PRELOAD": lib, "FAKETIME": f"+{SKEW:g}s",
+                     "FAKETIME_DONT_FAKE_MONOTONIC": "1"})  # fmt: skip
+    before = (time.time(), time.monotonic())
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
+                         text=True, check=True).stdout.split()  # fmt: skip
+    wall, mono = float(out[0]) - before[0], float(out[1]) - before[1]
+    assert SKEW - 5 < wall < SKEW + 5 and 0 <= mono < 5, (wall, mono)
+    return lib
+
+
+@pytest.mark.timeout(90)
+def test_instance_with_a_clock_120s_ahead_takes_no_live_claims(
+    root: Root, tmp_path: Path
+) -> None:
+    """`vvflow run` A holds two videos; instance B runs as another host (own PID and UTS
+    namespaces: it cannot see A's pid) whose wall clock is 120 s ahead (libfaketime), on
+    the same root, lease 3 s. To B's wall clock A's heartbeat is always two minutes old:
+    B must still take nothing while A beats (three leases). Then A is killed with
+    SIGKILL: B recovers its claims after about a lease of its own time (not at once,
+    not never) and completes both videos; each first stage ran once by A, once by B."""
+    lib = _skew_available()
+    gate = tmp_path / "gate"
+    _configure(root, gate)
+    with Fleet(root, tmp_path) as fleet:
+        a = fleet.start("run")
+        for name in NAMES:
+            root.drop(name)
+        wait_for(lambda: sum(_starts(root).values()) == 2, what="A running both videos",
+                 detail=lambda: tree(root))  # fmt: skip
+        folder = _folder_of(root, a)
+        b = OtherHost(root, "other-host", SKEW, log=tmp_path / "other-host.log", lib=lib)
+        fleet.started.append(b)
+        started = [e for e in b.events() if e["event"] == "started"]
+        assert started and not started[0]["instance"].startswith(folder.name.split("-")[0])
+        assert log_time(started[0]["ts"]) - time.time() > SKEW - 10, "B's clock is not ahead"
+
+        took_over = _first_within(_taken_over(b, folder), 3 * LEASE)
+        assert took_over is None, f"B took live A's claims {took_over:.1f}s after it started"
+        assert a.proc.poll() is None and (folder / ".heartbeat").exists(), a.text()[-3000:]
+
+        orphans = [r["pid"] for r in stage_log(root) if r["ppid"] == a.pid]
+        killed_at = time.monotonic()
+        a.proc.send_signal(signal.SIGKILL)
+        a.proc.wait()
+        for pid in orphans:  # A's stages, left waiting for the gate (B cannot see them)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        last_beat = (folder / ".heartbeat").stat().st_mtime  # nothing writes it any more
+        wait_for(_taken_over(b, folder), timeout=LEASE + 30,
+                 what="B recovering the dead A's claims")  # fmt: skip
+        recovered_after = time.monotonic() - killed_at
+        since_last_beat = time.time() - last_beat
+        gate.touch()
+        wait_for(lambda: entries(root.folder("completed")) == NAMES, timeout=30,
+                 what="both videos completed by B", detail=lambda: tree(root))  # fmt: skip
+        assert b.stop() == 0, b.text()[-3000:]
+
+    assert since_last_beat >= LEASE - 0.2, f"recovered {since_last_beat:.2f}s after the last beat"
+    assert_settled(root, NAMES, STAGES)
+    log = stage_log(root)
+    by_a = Counter((r["video"], r["stage"]) for r in log if r["event"] == "start" and r["ppid"] == a.pid)  # fmt: skip
+    by_b = Counter((r["video"], r["stage"]) for r in log if r["event"] == "start" and r["ppid"] != a.pid)  # fmt: skip
+    assert by_a == {(n, "scan"): 1 for n in NAMES}, by_a
+    assert by_b == {(n, s): 1 for n in NAMES for s in STAGES}, by_b
+    print(f"\nclock skew: B {SKEW:g}s ahead took nothing from live A in {3 * LEASE:g}s; "
+          f"recovered A's claims {recovered_after:.1f}s after SIGKILL "
+          f"({since_last_beat:.1f}s after its last beat, lease {LEASE:g}s)")
