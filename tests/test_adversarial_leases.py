@@ -5,7 +5,6 @@ nothing from a live one, yet recovers a dead one after a lease of its own time."
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
 import shutil
 import signal
@@ -38,7 +37,9 @@ STAGES = ("scan", "summarize")
 NAMES = ["a.mp4", "b.mp4"]
 SKEW = 120.0
 #: Run as the pid 1 of a fresh PID and UTS namespace: name the host, then become vvflow.
-_OTHER_HOST = "import os, socket, sys; socket.sethostname(sys.argv[1]); os.execv(sys.argv[2], sys.argv[2:])"
+_OTHER_HOST = (
+    "import os, socket, sys; socket.sethostname(sys.argv[1]); os.execv(sys.argv[2], sys.argv[2:])"
+)
 
 
 def _configure(root: Root, gate: Path) -> None:
@@ -75,9 +76,10 @@ def _taken_over(run: Vvflow, folder: Path) -> Callable[[], bool]:
 
     def check() -> bool:
         recovered = [e for e in run.events() if e["event"] == "recovered"]
-        return any(e["instance"] == folder.name for e in recovered) or not (
-            folder / ".heartbeat"
-        ).exists()
+        return (
+            any(e["instance"] == folder.name for e in recovered)
+            or not (folder / ".heartbeat").exists()
+        )
 
     return check
 
@@ -151,26 +153,68 @@ def test_backdated_heartbeat_of_a_live_instance_is_never_taken_over(
           f"each stage once, health: {health.stdout.strip()}")  # fmt: skip
 
 
-def _libfaketime() -> str | None:
-    found = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))
-    return found[0] if found else None
+#: A preload that moves the wall clock (CLOCK_REALTIME as libc reads it: time.time(),
+#: log timestamps) `TEST_CLOCK_AHEAD_SECONDS` seconds ahead, and nothing else: sleeps, timed
+#: waits and the monotonic clock stay real, as on a host whose clock is merely off.
+#: libfaketime (Debian `faketime`) would do, but its 0.9.10 breaks Python 3.11: with
+#: FAKETIME_DONT_FAKE_MONOTONIC=1 every time.sleep() fails with EINVAL (its
+#: clock_nanosleep passes a negative TIMER_ABSTIME deadline: wolfcw/libfaketime#426),
+#: without it threading.Event.wait() never returns.
+_SKEW_C = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdlib.h>
+#include <sys/time.h>
+#include <time.h>
+
+static long skew(void) {
+    const char *s = getenv("TEST_CLOCK_AHEAD_SECONDS");
+    return s ? atol(s) : 0;
+}
+
+int clock_gettime(clockid_t id, struct timespec *ts) {
+    static int (*real)(clockid_t, struct timespec *);
+    if (!real) real = (int (*)(clockid_t, struct timespec *))dlsym(RTLD_NEXT, "clock_gettime");
+    int rc = real(id, ts);
+    if (rc == 0 && (id == CLOCK_REALTIME || id == CLOCK_REALTIME_COARSE)) ts->tv_sec += skew();
+    return rc;
+}
+
+int gettimeofday(struct timeval *tv, void *tz) {
+    static int (*real)(struct timeval *, void *);
+    if (!real) real = (int (*)(struct timeval *, void *))dlsym(RTLD_NEXT, "gettimeofday");
+    int rc = real(tv, tz);
+    if (rc == 0 && tv) tv->tv_sec += skew();
+    return rc;
+}
+
+time_t time(time_t *out) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    if (out) *out = ts.tv_sec;
+    return ts.tv_sec;
+}
+"""
+
+
+def _skewed_env(lib: Path, skew: float) -> dict[str, str]:
+    return clean_env({"LD_PRELOAD": str(lib), "TEST_CLOCK_AHEAD_SECONDS": str(int(skew))})
 
 
 class OtherHost(Vvflow):
     """`vvflow run` as on another host: its own PID and UTS namespaces (hostname
-    `name`, its own /proc) and, through libfaketime, a wall clock `skew` seconds ahead;
-    its monotonic clock is left alone, as a real host's would be."""
+    `name`, its own /proc) and a wall clock `skew` seconds ahead (the preload `lib`);
+    its monotonic clock is the real one, as a real host's runs at the real rate."""
 
-    def __init__(self, root: Root, name: str, skew: float, *, log: Path, lib: str) -> None:
+    def __init__(self, root: Root, name: str, skew: float, *, log: Path, lib: Path) -> None:
         self.log = log
         self._stderr = log.open("wb")
-        env = clean_env({"LD_PRELOAD": lib, "FAKETIME": f"+{skew:g}s",
-                         "FAKETIME_DONT_FAKE_MONOTONIC": "1"})  # fmt: skip
         self.proc = subprocess.Popen(
             ["unshare", "--pid", "--fork", "--uts", "--mount-proc", "--kill-child",
              sys.executable, "-c", _OTHER_HOST, name,
              sys.executable, "-m", "vvflow", "run", "--root", str(root.path)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr, env=env,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr,
+            env=_skewed_env(lib, skew),
         )  # fmt: skip
         wait_for(lambda: b'"watching"' in log.read_bytes() or self.proc.poll() is not None,
                  what="the other host's observer to start")  # fmt: skip
@@ -184,36 +228,39 @@ class OtherHost(Vvflow):
         return self.proc.wait(timeout=timeout)
 
 
-def _skew_available() -> str:
-    """libfaketime's path, after checking that it moves Python's wall clock and not its
-    monotonic clock; skips (saying why) where that cannot be had."""
+def _skew_available(tmp_path: Path) -> Path:
+    """The clock-skewing preload, built and checked (it moves Python's wall clock, not
+    its monotonic clock, and sleeps still work); skips, saying why, where it cannot be
+    had."""
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.skip("needs root and unshare(1) for another host's PID and UTS namespaces")
-    lib = _libfaketime()
-    if lib is None:
-        pytest.skip("needs libfaketime (Debian package faketime) to skew a clock")
-    probe = "import time; print(time.time(), time.monotonic())"
-    env = clean_env({"LD_PRELOAD": lib, "FAKETIME": f"+{SKEW:g}s",
-                     "FAKETIME_DONT_FAKE_MONOTONIC": "1"})  # fmt: skip
-    before = (time.time(), time.monotonic())
-    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
-                         text=True, check=True).stdout.split()  # fmt: skip
-    wall, mono = float(out[0]) - before[0], float(out[1]) - before[1]
-    assert SKEW - 5 < wall < SKEW + 5 and 0 <= mono < 5, (wall, mono)
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("needs a C compiler (cc) to build the clock-skewing preload")
+    source, lib = tmp_path / "skew.c", tmp_path / "skew.so"
+    source.write_text(_SKEW_C)
+    subprocess.run([cc, "-shared", "-fPIC", "-O2", "-o", str(lib), str(source), "-ldl"],
+                   check=True, capture_output=True)  # fmt: skip
+    probe = ("import time; t = time.monotonic(); time.sleep(0.5); "
+             "print(time.time(), time.monotonic() - t)")  # fmt: skip
+    before = time.time()
+    out = subprocess.run([sys.executable, "-c", probe], env=_skewed_env(lib, SKEW),
+                         capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+    ahead, slept = float(out[0]) - before, float(out[1])
+    assert SKEW - 10 < ahead < SKEW + 10, f"the preload did not move the wall clock: {ahead}"
+    assert 0.5 <= slept < 5, f"the preload changed the monotonic clock: {slept}"
     return lib
 
 
 @pytest.mark.timeout(90)
-def test_instance_with_a_clock_120s_ahead_takes_no_live_claims(
-    root: Root, tmp_path: Path
-) -> None:
+def test_instance_with_a_clock_120s_ahead_takes_no_live_claims(root: Root, tmp_path: Path) -> None:
     """`vvflow run` A holds two videos; instance B runs as another host (own PID and UTS
-    namespaces: it cannot see A's pid) whose wall clock is 120 s ahead (libfaketime), on
+    namespaces: it cannot see A's pid) whose wall clock is 120 s ahead (a preload), on
     the same root, lease 3 s. To B's wall clock A's heartbeat is always two minutes old:
     B must still take nothing while A beats (three leases). Then A is killed with
     SIGKILL: B recovers its claims after about a lease of its own time (not at once,
     not never) and completes both videos; each first stage ran once by A, once by B."""
-    lib = _skew_available()
+    lib = _skew_available(tmp_path)
     gate = tmp_path / "gate"
     _configure(root, gate)
     with Fleet(root, tmp_path) as fleet:
@@ -241,8 +288,12 @@ def test_instance_with_a_clock_120s_ahead_takes_no_live_claims(
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         last_beat = (folder / ".heartbeat").stat().st_mtime  # nothing writes it any more
-        wait_for(_taken_over(b, folder), timeout=LEASE + 30,
-                 what="B recovering the dead A's claims")  # fmt: skip
+        wait_for(
+            _taken_over(b, folder),
+            timeout=LEASE + 30,
+            what="B recovering the dead A's claims",
+            detail=lambda: b.text()[-3000:],
+        )
         recovered_after = time.monotonic() - killed_at
         since_last_beat = time.time() - last_beat
         gate.touch()
@@ -253,10 +304,13 @@ def test_instance_with_a_clock_120s_ahead_takes_no_live_claims(
     assert since_last_beat >= LEASE - 0.2, f"recovered {since_last_beat:.2f}s after the last beat"
     assert_settled(root, NAMES, STAGES)
     log = stage_log(root)
-    by_a = Counter((r["video"], r["stage"]) for r in log if r["event"] == "start" and r["ppid"] == a.pid)  # fmt: skip
-    by_b = Counter((r["video"], r["stage"]) for r in log if r["event"] == "start" and r["ppid"] != a.pid)  # fmt: skip
+    starts = [r for r in log if r["event"] == "start"]
+    by_a = Counter((r["video"], r["stage"]) for r in starts if r["ppid"] == a.pid)
+    by_b = Counter((r["video"], r["stage"]) for r in starts if r["ppid"] != a.pid)
     assert by_a == {(n, "scan"): 1 for n in NAMES}, by_a
     assert by_b == {(n, s): 1 for n in NAMES for s in STAGES}, by_b
-    print(f"\nclock skew: B {SKEW:g}s ahead took nothing from live A in {3 * LEASE:g}s; "
-          f"recovered A's claims {recovered_after:.1f}s after SIGKILL "
-          f"({since_last_beat:.1f}s after its last beat, lease {LEASE:g}s)")
+    print(
+        f"\nclock skew: B {SKEW:g}s ahead took nothing from live A in {3 * LEASE:g}s; "
+        f"recovered A's claims {recovered_after:.1f}s after SIGKILL "
+        f"({since_last_beat:.1f}s after its last beat, lease {LEASE:g}s)"
+    )

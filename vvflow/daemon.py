@@ -329,6 +329,10 @@ class Daemon:
             "observer": self.observer_kind,
             "observer_alive": self.observer_alive(),
             "updated": time.time(),
+            # For `vvflow health` on this host: ages by this host's monotonic clock, not
+            # the heartbeat's mtime (a file server may set it, anyone may backdate it).
+            "monotonic": time.monotonic(),
+            "heartbeat_s": round(time.monotonic() - self.worker.lease.beat_at, 3),
             "tracked": len(self.stability),
             "inflight": len(self._inflight),
             "storage": self.worker.storage.snapshot(),
@@ -367,7 +371,7 @@ def read_health(folder: Path) -> dict[str, Any] | None:
 
 def check_health(processing: Path, lease_seconds: float) -> tuple[bool, str]:
     """For `vvflow health`: a live `vvflow run` on this host with a live observer and a
-    fresh heartbeat."""
+    fresh heartbeat (its last successful beat, as the instance itself timed it)."""
     problems = []
     try:
         folders = sorted(p for p in processing.iterdir() if p.is_dir())
@@ -380,12 +384,15 @@ def check_health(processing: Path, lease_seconds: float) -> tuple[bool, str]:
         record = read_health(folder)
         if record is None:
             continue  # not a daemon (a `once` or a `retry`), or not started yet
-        age = instance.heartbeat_age(folder)
-        stale = time.time() - float(record.get("updated", 0))
+        if "monotonic" in record:
+            stale = time.monotonic() - float(record["monotonic"])
+        else:  # written by an older vvflow
+            stale = time.time() - float(record.get("updated", 0))
+        age = float(record.get("heartbeat_s", lease_seconds)) + stale
         if not record.get("observer_alive"):
             problems.append(f"{folder.name}: observer not running")
-        elif age is None or age > lease_seconds:
-            problems.append(f"{folder.name}: heartbeat stale ({age}s)")
+        elif age > lease_seconds:
+            problems.append(f"{folder.name}: heartbeat stale ({age:.0f}s)")
         elif stale > max(10 * HEALTH_SECONDS, lease_seconds):
             problems.append(f"{folder.name}: health record {stale:.0f}s old")
         else:

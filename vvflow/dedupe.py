@@ -71,9 +71,10 @@ class ContentIndex:
     whole index was of that form before 0.x; such entries are hashed and moved on the
     first lookup of their size). Reports hold the truth; this is their cache."""
 
-    def __init__(self, layout: Layout, lease_seconds: float = 60.0) -> None:
+    def __init__(self, layout: Layout, liveness: instance.Liveness | None = None) -> None:
         self.layout = layout
-        self.lease_seconds = lease_seconds
+        #: The owner's memory of the other instances (which of them are dead).
+        self.liveness = liveness or instance.Liveness(60.0)
         self.folder = layout.root / INDEX
         self.by_size = self.folder / "size"
         self.hashed = self.folder / "hashed"
@@ -309,7 +310,7 @@ class ContentIndex:
         except FileNotFoundError:
             return False
         for folder in self.layout.instance_folders():
-            if instance.is_dead(folder, self.lease_seconds):
+            if self.liveness.is_dead(folder):
                 continue  # its claims are about to be recovered; its markers mean nothing
             for marker in (folder / SIZES).glob(f"{size}-*"):
                 if marker == mine:

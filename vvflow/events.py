@@ -11,6 +11,7 @@ class Event(StrEnum):
     GRACE_OVER = "grace_over"
     STOPPED = "stopped"
     RECOVERED = "recovered"
+    WATCHING_INSTANCES = "watching_instances"
     IGNORED = "ignored"
     BLOCKED = "blocked"
     UNBLOCKED = "unblocked"

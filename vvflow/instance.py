@@ -4,9 +4,14 @@ An instance is named `<host>-<pid namespace>-<pid>-<start>` where `start` is the
 process start time in clock ticks since boot (from /proc), so a reused pid is never
 taken for the instance that died, and the PID namespace keeps two containers that
 share a hostname from judging each other's pids. Its folder `processing/<instance>/`
-holds its claims and a hidden heartbeat file whose mtime is its lease. Another
-instance that takes the claims back first deletes the heartbeat: a paused instance
-that wakes up finds it gone and knows it must not write anything.
+holds its claims and a hidden heartbeat file that it rewrites (a beat counter) every
+lease / 4. Another instance that takes the claims back first deletes the heartbeat: a
+paused instance that wakes up finds it gone and knows it must not write anything.
+
+No wall clock decides that an instance is dead (see `Liveness`): on this host its live
+process proves it alive whatever its heartbeat looks like; elsewhere, a checker must
+have seen its heartbeat not change for `lease_seconds` of the checker's own monotonic
+clock. Two hosts' clocks never need to agree, nor the file server's with either.
 """
 
 from __future__ import annotations
@@ -18,17 +23,22 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 HEARTBEAT = ".heartbeat"
 #: Written in a video's workspace while a stage runs: "<pid> <start> <run token>".
 STAGE_PID = ".stage.pid"
 _HOST_UNSAFE = re.compile(r"[^A-Za-z0-9._]")
+#: /proc/PID/stat states of a process stopped by a signal or a tracer.
+STOPPED = (b"T", b"t")
 
 
-def process_start(pid: int) -> int | None:
-    """The start time of `pid` in clock ticks since boot, or None when it is gone."""
+def _process_stat(pid: int) -> tuple[bytes, int] | None:
+    """The state letter and start time (clock ticks since boot) of `pid`, or None when
+    it is gone."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_bytes()
     except (FileNotFoundError, ProcessLookupError, PermissionError):
@@ -37,7 +47,13 @@ def process_start(pid: int) -> int | None:
     fields = raw[raw.rfind(b")") + 2 :].split()
     if fields[0] in (b"Z", b"X"):
         return None  # a zombie (killed, not yet reaped by its parent) is gone for us
-    return int(fields[19])
+    return fields[0], int(fields[19])
+
+
+def process_start(pid: int) -> int | None:
+    """The start time of `pid` in clock ticks since boot, or None when it is gone."""
+    found = _process_stat(pid)
+    return None if found is None else found[1]
 
 
 def this_host() -> str:
@@ -93,9 +109,17 @@ class InstanceId:
         """True when this instance is a live process on this host."""
         return self.is_local() and process_start(self.pid) == self.start
 
+    def is_stopped_here(self) -> bool:
+        """True when this instance is a process on this host that is stopped (SIGSTOP,
+        a debugger): it exists, but it proves nothing until it runs again."""
+        found = _process_stat(self.pid) if self.is_local() else None
+        return found is not None and found[1] == self.start and found[0] in STOPPED
+
 
 def heartbeat_age(folder: Path, now: float | None = None) -> float | None:
-    """Seconds since the heartbeat in `folder` was touched; None when there is none."""
+    """Seconds since the heartbeat in `folder` was written, by this host's wall clock
+    against the file's mtime (which another host or the file server may have set): for
+    display only, never to judge an instance; None when there is none."""
     try:
         mtime = (folder / HEARTBEAT).stat().st_mtime
     except FileNotFoundError:
@@ -103,22 +127,124 @@ def heartbeat_age(folder: Path, now: float | None = None) -> float | None:
     return (time.time() if now is None else now) - mtime
 
 
-def is_dead(folder: Path, lease_seconds: float) -> bool:
-    """Whether the instance owning `folder` is gone and its claims may be taken back."""
-    ident = InstanceId.parse(folder.name)
-    if ident is not None and ident.is_local() and not ident.is_running_here():
-        return True
-    # Alive on this host but paused (SIGSTOP, a frozen VM) or on another host: only the
-    # heartbeat can tell.
-    age = heartbeat_age(folder)
-    if age is None:
-        # No heartbeat at all: either already taken over, or never started. Give a
-        # starting instance one lease to write it, judged by the folder's own mtime.
+def heartbeat_signature(folder: Path) -> tuple[object, ...] | None:
+    """What a heartbeat looks like now (inode, size, mtime and its beat counter), or the
+    folder's own look when it has none yet or any more; None when the folder is gone.
+    Only its changes mean something: the mtime is compared with nothing."""
+    heartbeat = folder / HEARTBEAT
+    try:
+        # Opening (not only stat) makes an NFS client revalidate its cached attributes
+        # (close-to-open), and the counter changes even where mtimes are coarse.
+        fd = os.open(heartbeat, os.O_RDONLY)
+    except FileNotFoundError:
         try:
-            age = time.time() - folder.stat().st_mtime
+            st = os.stat(folder)
         except FileNotFoundError:
-            return False
-    return age > lease_seconds
+            return None
+        return ("folder", st.st_ino, st.st_mtime_ns)
+    except OSError:
+        try:
+            st = os.stat(heartbeat)
+        except OSError:
+            return None
+        return ("heartbeat", st.st_ino, st.st_size, st.st_mtime_ns)
+    try:
+        st = os.fstat(fd)
+        content = os.read(fd, 64)
+    finally:
+        os.close(fd)
+    return ("heartbeat", st.st_ino, st.st_size, st.st_mtime_ns, content)
+
+
+class Verdict(StrEnum):
+    """What one checker can tell of an instance."""
+
+    ALIVE = "alive"  #: its process runs on this host, or its heartbeat changed while watched
+    DEAD = "dead"  #: its process is gone from this host, or its heartbeat stayed the same a lease
+    WATCHING = "watching"  #: unchanged since this checker first looked, less than a lease ago
+
+
+@dataclass
+class _Sighting:
+    signature: tuple[object, ...] | None
+    since: float
+    changed: bool = False
+
+
+class Liveness:
+    """One instance's memory of the others' heartbeats: which instances are dead, judged
+    without any wall clock, so that a lease does not depend on two hosts' clocks (nor
+    the file server's) agreeing.
+
+    - On this host and PID namespace, a running process with the instance's pid and
+      start time proves it alive (never taken over, whatever its heartbeat's mtime
+      says), and a process that is gone proves it dead: recovered at once.
+    - Anywhere else, and for a stopped local process (SIGSTOP), it is dead once this
+      checker has seen its heartbeat unchanged for `lease_seconds` of its own monotonic
+      clock. A checker that first looks sees no age: a fresh checker (a `vvflow once`)
+      can recover another host's instance only after watching it for a lease.
+    """
+
+    def __init__(self, lease_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.lease_seconds = lease_seconds
+        self.clock = clock
+        self._seen: dict[str, _Sighting] = {}
+        self._lock = threading.Lock()
+
+    def verdict(self, folder: Path) -> Verdict:
+        """Look at the instance owning `folder` now, and judge it."""
+        ident = InstanceId.parse(folder.name)
+        if ident is not None and ident.is_local():
+            found = _process_stat(ident.pid)
+            if found is None or found[1] != ident.start:
+                return Verdict.DEAD
+            if found[0] not in STOPPED:
+                # A positive proof of life wins over any heartbeat: its mtime may be
+                # backdated, or set by a file server whose clock is off.
+                self.forget(folder)
+                return Verdict.ALIVE
+        signature = heartbeat_signature(folder)
+        now = self.clock()
+        with self._lock:
+            seen = self._seen.get(folder.name)
+            if signature is None:  # the folder is gone: nothing is left to take back
+                self._seen.pop(folder.name, None)
+                return Verdict.ALIVE
+            if seen is None:
+                self._seen[folder.name] = _Sighting(signature, now)
+                return Verdict.WATCHING
+            if seen.signature != signature:
+                self._seen[folder.name] = _Sighting(signature, now, changed=True)
+                return Verdict.ALIVE
+            if now - seen.since >= self.lease_seconds:
+                return Verdict.DEAD
+            return Verdict.ALIVE if seen.changed else Verdict.WATCHING
+
+    def is_dead(self, folder: Path) -> bool:
+        """Whether the instance owning `folder` is gone and its claims may be taken back."""
+        return self.verdict(folder) is Verdict.DEAD
+
+    def forget(self, folder: Path) -> None:
+        with self._lock:
+            self._seen.pop(folder.name, None)
+
+    def keep_only(self, folders: Iterable[Path]) -> None:
+        """Forget what was seen of instance folders that are no longer there."""
+        names = {folder.name for folder in folders}
+        with self._lock:
+            for name in [n for n in self._seen if n not in names]:
+                del self._seen[name]
+
+    def undecided(self) -> list[str]:
+        """The instances watched for less than a lease whose heartbeat has not changed
+        yet: only more watching (or a beat) can tell whether they are alive."""
+        now = self.clock()
+        with self._lock:
+            return sorted(
+                name
+                for name, seen in self._seen.items()
+                if not seen.changed and now - seen.since < self.lease_seconds
+            )
 
 
 class Lease:
@@ -131,10 +257,14 @@ class Lease:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lost = False
+        self._beats = 0
+        #: time.monotonic() of the last beat that reached the file.
+        self.beat_at = time.monotonic()
 
     def acquire(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.heartbeat.touch()
+        self.heartbeat.write_bytes(self._counter())
+        self.beat_at = time.monotonic()
         self._thread = threading.Thread(target=self._beat, name="vvflow-heartbeat", daemon=True)
         self._thread.start()
 
@@ -142,12 +272,23 @@ class Lease:
         while not self._stop.wait(self.interval):
             self.touch()
 
+    def _counter(self) -> bytes:
+        self._beats += 1
+        return b"%020d\n" % self._beats  # fixed width: rewritten in place, never grows
+
     def touch(self) -> bool:
         """Refresh the heartbeat; False (and lost for good) when another instance took over."""
         if self._lost:
             return False
         try:
-            os.utime(self.heartbeat)
+            # Never O_CREAT: a heartbeat deleted by a takeover must stay deleted. The new
+            # counter changes the file even where mtimes are coarse (1 s, 2 s).
+            fd = os.open(self.heartbeat, os.O_WRONLY)
+            try:
+                os.pwrite(fd, self._counter(), 0)
+            finally:
+                os.close(fd)
+            self.beat_at = time.monotonic()
         except FileNotFoundError:
             self._lost = True
         except OSError:

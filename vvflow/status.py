@@ -6,6 +6,7 @@ import calendar
 import os
 import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 from vvflow import instance, report
@@ -28,6 +29,18 @@ def _age(iso: str | None, fallback: float) -> float:
     return time.time() - fallback
 
 
+def _liveness(liveness: instance.Liveness, folder: Path) -> str:
+    """`alive` or `dead` where this host can tell (the instance's process runs here, or
+    is gone), `stopped` for a stopped process here, else `unknown`: one look cannot
+    judge another host's instance, and its heartbeat's age compares two clocks. Only a
+    running instance that watched its heartbeat not change for a lease calls it dead."""
+    verdict = liveness.verdict(folder)
+    if verdict is not instance.Verdict.WATCHING:
+        return str(verdict)
+    ident = instance.InstanceId.parse(folder.name)
+    return "stopped" if ident is not None and ident.is_stopped_here() else "unknown"
+
+
 def collect(layout: Layout, lease_seconds: float) -> dict[str, Any]:
     """Counts per state, what runs now, failures (newest first), ignored and blocked
     entries, instances."""
@@ -38,8 +51,10 @@ def collect(layout: Layout, lease_seconds: float) -> dict[str, Any]:
     # (status may run as another user): each live instance lists what it found blocked.
     inodes = {c.name: c.identity.inode for c in candidates}
     blocked: dict[str, dict[str, Any]] = {}
+    liveness = instance.Liveness(lease_seconds)
     for folder in layout.instance_folders():
-        dead = instance.is_dead(folder, lease_seconds)
+        state = _liveness(liveness, folder)
+        dead = state == instance.Verdict.DEAD.value
         for name, reason, inode in [] if dead else layout.blocked_in(folder):
             if inodes.get(name) == inode:
                 blocked.setdefault(name, {"name": name, "reason": reason, "instance": folder.name})
@@ -70,6 +85,7 @@ def collect(layout: Layout, lease_seconds: float) -> dict[str, Any]:
                 "name": folder.name,
                 "claims": len(claims),
                 "heartbeat_age_s": None if age is None else round(age, 1),
+                "state": state,
                 "dead": dead,
             }
         )
@@ -256,11 +272,16 @@ def render(data: dict[str, Any], width: int | None = None) -> str:
     if data["instances"]:
         lines.append("")
         rows = [
-            [i["name"], "dead" if i["dead"] else "alive", str(i["claims"]),
+            [i["name"], i["state"], str(i["claims"]),
              "-" if i["heartbeat_age_s"] is None else _duration(i["heartbeat_age_s"])]
             for i in data["instances"]
         ]  # fmt: skip
         lines += _table(["INSTANCE", "STATE", "CLAIMS", "HEARTBEAT AGE"], rows)
         if dead:
             lines.append("dead instances' claims go back to pending/ at the next start")
+        if any(i["state"] in ("unknown", "stopped") for i in data["instances"]):
+            lines.append(
+                "unknown/stopped: a running instance takes their claims once it has seen "
+                "their heartbeat unchanged for lease_seconds (ages are by this host's clock)"
+            )
     return "\n".join(lines) + "\n"

@@ -90,7 +90,9 @@ class Worker:
         self.layout = Layout(settings.root, settings.extensions, self.pipeline.output_paths)
         self.id = instance.InstanceId.current()
         self.lease = instance.Lease(self.layout.processing / self.id.name, settings.lease_seconds)
-        self.index = dedupe.ContentIndex(self.layout, settings.lease_seconds)
+        #: What this instance has seen of the others' heartbeats (see instance.Liveness).
+        self.liveness = instance.Liveness(settings.lease_seconds)
+        self.index = dedupe.ContentIndex(self.layout, self.liveness)
         #: How often each video (by its name in pending/) changed under its stages.
         self._changes: dict[str, int] = {}
         self._changes_lock = threading.Lock()
@@ -187,13 +189,15 @@ class Worker:
         self.layout.remove_instance_folder(self.lease.folder)
 
     def recover(self) -> int:
-        """Return the claims of every dead instance to pending/. Returns how many."""
+        """Return the claims of every dead instance to pending/. Returns how many.
+
+        Each call is also a look at the others' heartbeats: an instance that this one
+        cannot see run or die (another host's, a stopped one) is dead only after calls
+        a lease apart found its heartbeat unchanged."""
         total = 0
-        dead = [
-            folder
-            for folder in self.layout.instance_folders()
-            if folder != self.lease.folder and instance.is_dead(folder, self.settings.lease_seconds)
-        ]
+        folders = [f for f in self.layout.instance_folders() if f != self.lease.folder]
+        self.liveness.keep_only(folders)
+        dead = [folder for folder in folders if self.liveness.is_dead(folder)]
         early = {folder: self.layout.take_over(folder) for folder in dead}
         for folder in dead:
             returned, repaired = self.layout.recover(folder, self.journal)
@@ -754,23 +758,12 @@ class Worker:
                     time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
                 return stop_requested()
 
-            candidates = self.stable_candidates(wait)
-            logs.event(Event.BATCH, videos=len(candidates))
-            with futures.ThreadPoolExecutor(
-                max_workers=self.settings.workers, thread_name_prefix="vvflow-worker"
-            ) as pool:
-                pending = {pool.submit(self.claim_and_run, c) for c in candidates}
-                grace_deadline: float | None = None
-                while pending:
-                    done, pending = futures.wait(pending, timeout=0.1)
-                    for fut in done:
-                        outcome = fut.result()
-                        if outcome is not None:
-                            summary.outcomes.append(outcome)
-                    if stop_requested() and grace_deadline is None:
-                        grace_deadline = self.request_stop(self.settings.shutdown_grace_seconds)
-                    if grace_deadline is not None and time.monotonic() >= grace_deadline:
-                        self.end_grace()
+            while True:
+                self._batch(summary, wait, stop_requested)
+                returned = self._watch_undecided(wait)
+                summary.recovered += returned
+                if not returned or self.stopping.is_set() or stop_requested():
+                    break
         finally:
             self.close()
         logs.event(
@@ -783,3 +776,41 @@ class Worker:
             blocked=len(self.blocked),
         )
         return summary
+
+    def _batch(
+        self, summary: Summary, wait: Callable[[float], bool], stop_requested: Callable[[], bool]
+    ) -> None:
+        """Process every video pending and stable now."""
+        candidates = self.stable_candidates(wait)
+        logs.event(Event.BATCH, videos=len(candidates))
+        with futures.ThreadPoolExecutor(
+            max_workers=self.settings.workers, thread_name_prefix="vvflow-worker"
+        ) as pool:
+            pending = {pool.submit(self.claim_and_run, c) for c in candidates}
+            grace_deadline: float | None = None
+            while pending:
+                done, pending = futures.wait(pending, timeout=0.1)
+                for fut in done:
+                    outcome = fut.result()
+                    if outcome is not None:
+                        summary.outcomes.append(outcome)
+                if stop_requested() and grace_deadline is None:
+                    grace_deadline = self.request_stop(self.settings.shutdown_grace_seconds)
+                if grace_deadline is not None and time.monotonic() >= grace_deadline:
+                    self.end_grace()
+
+    def _watch_undecided(self, wait: Callable[[float], bool]) -> int:
+        """Before `once` exits: watch the instances it could not judge at a glance
+        (another host's, a stopped one's) until each beat or stayed unchanged for a
+        lease since this run first saw it, and recover the dead. No wall clock can
+        shorten this; it costs at most a lease (a live one beats every lease / 4).
+        Returns how many videos went back to pending/."""
+        returned = 0
+        undecided = set(self.liveness.undecided())
+        if undecided:
+            logs.event(Event.WATCHING_INSTANCES, instances=sorted(undecided),
+                       lease_seconds=self.settings.lease_seconds)  # fmt: skip
+        poll = min(1.0, self.settings.lease_seconds / 8)
+        while undecided & set(self.liveness.undecided()) and not wait(poll):
+            returned += self.recover()
+        return returned
