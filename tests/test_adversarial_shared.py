@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -18,6 +21,7 @@ from tests.test_adversarial_support import (
     Vvflow,
     alive,
     assert_settled,
+    clean_env,
     entries,
     hostile,
     log_time,
@@ -166,23 +170,39 @@ def rename_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     return str(request.param)
 
 
+#: Run as the pid 1 of a fresh PID and UTS namespace: name the host, then become vvflow.
+_OTHER_HOST = (
+    "import os, socket, sys; socket.sethostname(sys.argv[1]); os.execv(sys.argv[2], sys.argv[2:])"
+)
+
+
 @pytest.mark.timeout(60)
 def test_instance_that_lost_its_lease_claims_and_writes_nothing(
     root: Root, rename_mode: str
 ) -> None:
-    """An instance (in this process) whose heartbeat went stale is taken over by a real
-    `vvflow once` (lease 1 s): its folder is gone. What its threads may still do in the
-    moment before the loop notices (a worker taking a queued candidate, the loop
-    writing its health record) must neither claim a video nor recreate its folder."""
+    """An instance (in this process, lease 60 s: it beats every 15 s) is taken over by a
+    real `vvflow once` on another host (its own PID and UTS namespaces: it cannot see
+    this process, only the heartbeat, which it watches not change for its lease of 1 s):
+    the folder is gone. What its threads may still do in the moment before the loop
+    notices (a worker taking a queued candidate, the loop writing its health record)
+    must neither claim a video nor recreate its folder. (On this host the live process
+    would prove the instance alive and it would never be taken over.)"""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) for another host's PID and UTS namespaces")
     root.configure([hostile(root, "scan")], stable_seconds=0.0)
     worker = Worker(load_settings(root_flag=str(root.path)))
     daemon = Daemon(worker)
     worker.start()
     try:
-        stale = time.time() - 100
-        os.utime(worker.lease.heartbeat, (stale, stale))
-        root.vvflow("once", "--lease-seconds", "1", check=0)  # the rescuer takes over
-        assert not worker.lease.folder.exists()
+        rescuer = subprocess.run(
+            ["unshare", "--pid", "--fork", "--uts", "--mount-proc", "--kill-child",
+             sys.executable, "-c", _OTHER_HOST, "rescuer",
+             sys.executable, "-m", "vvflow", "once", "--root", str(root.path),
+             "--lease-seconds", "1"],
+            env=clean_env(), capture_output=True, text=True, timeout=50,
+        )  # fmt: skip
+        assert rescuer.returncode == 0, rescuer.stderr[-3000:]
+        assert not worker.lease.folder.exists(), rescuer.stderr[-3000:]
         assert not worker.lease.held()
 
         root.drop("late.mp4")

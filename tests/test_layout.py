@@ -129,24 +129,49 @@ def test_once_recovers_what_a_dead_instance_left(root: Root) -> None:
     assert {r["video"] for r in root.runs()} == {"claimed.mp4"}
 
 
-def test_foreign_instances_are_judged_by_heartbeat_age(root: Root) -> None:
-    root.configure(lease_seconds=5)
+def test_foreign_instances_are_judged_by_watching_their_heartbeat(root: Root) -> None:
+    """Two instances of another host: one whose heartbeat keeps changing though its mtime
+    says an hour ago, one whose heartbeat never changes though its mtime is an hour
+    ahead. Neither wall-clock age decides: `vvflow once` (lease 2 s) watches both, takes
+    back and completes only the silent one's video, after a lease of watching, and
+    `status` calls neither dead at a glance."""
+    root.configure(lease_seconds=2)
     layout = Layout(root.path, [".mp4"])
     layout.ensure()
-    fresh = layout.processing / "otherhost-100-200"
-    stale = layout.processing / "otherhost-101-201"
-    for folder in (fresh, stale):
+    beating = layout.processing / "otherhost-100-200"
+    silent = layout.processing / "otherhost-101-201"
+    for folder in (beating, silent):
         folder.mkdir()
         (folder / instance.HEARTBEAT).touch()
         (folder / f"{folder.name}.mp4").write_bytes(root.video_bytes)
-    old = time.time() - 60
-    os.utime(stale / instance.HEARTBEAT, (old, old))
-    root.vvflow("once", check=0)
+    ahead = time.time() + 3600
+    os.utime(silent / instance.HEARTBEAT, (ahead, ahead))
+    stop = threading.Event()
+
+    def beat() -> None:
+        count = 0
+        while not stop.wait(0.2):
+            count += 1
+            (beating / instance.HEARTBEAT).write_text(f"{count}\n")
+            old = time.time() - 3600
+            os.utime(beating / instance.HEARTBEAT, (old, old))
+
+    beater = threading.Thread(target=beat)
+    beater.start()
+    try:
+        started = time.monotonic()
+        proc = root.vvflow("once", check=0)
+        took = time.monotonic() - started
+        status = root.status()
+    finally:
+        stop.set()
+        beater.join()
     assert root.names("completed") == ["otherhost-101-201.mp4"]
-    assert (fresh / "otherhost-100-200.mp4").exists()
-    status = root.status()
+    assert took >= 2, f"recovered after {took:.1f}s, before a lease of watching"
+    assert "watching_instances" in proc.stderr
+    assert (beating / "otherhost-100-200.mp4").exists()
     assert status["processing"] == 1
-    assert [i["dead"] for i in status["instances"]] == [False]
+    assert [(i["state"], i["dead"]) for i in status["instances"]] == [("unknown", False)]
 
 
 def test_orphaned_stage_process_of_dead_instance_is_killed(root: Root) -> None:
