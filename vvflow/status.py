@@ -129,14 +129,11 @@ def storage(layout: Layout, min_free_bytes: int, lease_seconds: float) -> dict[s
     live instances report (`trouble` and `since` of the earliest; None when fine)."""
     free = free_bytes(layout.root)
     troubled = []
+    liveness = instance.Liveness(lease_seconds)
     for folder in layout.instance_folders():
         record = read_health(folder)
         state = record.get("storage") if record is not None else None
-        if (
-            isinstance(state, dict)
-            and state.get("trouble")
-            and not instance.is_dead(folder, lease_seconds)
-        ):
+        if isinstance(state, dict) and state.get("trouble") and not liveness.is_dead(folder):
             troubled.append(
                 {"instance": folder.name, "trouble": state["trouble"], "since": state.get("since")}
             )
