@@ -263,7 +263,8 @@ class Lease:
 
     def acquire(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.heartbeat.write_bytes(self._counter())
+        self.heartbeat.touch()
+        self._count()
         self.beat_at = time.monotonic()
         self._thread = threading.Thread(target=self._beat, name="vvflow-heartbeat", daemon=True)
         self._thread.start()
@@ -272,22 +273,30 @@ class Lease:
         while not self._stop.wait(self.interval):
             self.touch()
 
-    def _counter(self) -> bytes:
+    def _count(self) -> None:
+        """Write the next beat count into the heartbeat, in place (fixed width): it
+        changes the file even where mtimes are coarse (1 s, 2 s). Best effort: a full
+        disk may refuse the bytes, while the mtime still changes."""
         self._beats += 1
-        return b"%020d\n" % self._beats  # fixed width: rewritten in place, never grows
+        try:
+            fd = os.open(self.heartbeat, os.O_WRONLY)  # never O_CREAT: see touch()
+        except OSError:
+            return
+        try:
+            os.pwrite(fd, b"%020d\n" % self._beats, 0)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
     def touch(self) -> bool:
         """Refresh the heartbeat; False (and lost for good) when another instance took over."""
         if self._lost:
             return False
         try:
-            # Never O_CREAT: a heartbeat deleted by a takeover must stay deleted. The new
-            # counter changes the file even where mtimes are coarse (1 s, 2 s).
-            fd = os.open(self.heartbeat, os.O_WRONLY)
-            try:
-                os.pwrite(fd, self._counter(), 0)
-            finally:
-                os.close(fd)
+            # Never recreate it: a heartbeat deleted by a takeover must stay deleted.
+            os.utime(self.heartbeat)
+            self._count()
             self.beat_at = time.monotonic()
         except FileNotFoundError:
             self._lost = True
