@@ -93,8 +93,10 @@ class Worker:
         #: What this instance has seen of the others' heartbeats (see instance.Liveness).
         self.liveness = instance.Liveness(settings.lease_seconds)
         self.index = dedupe.ContentIndex(self.layout, self.liveness)
-        #: How often each video (by its name in pending/) changed under its stages.
-        self._changes: dict[str, int] = {}
+        #: How often each claimed file changed under its stages since it was last filed,
+        #: by inode (a file replaced under its claim hands its count on): the changes of
+        #: one upload, never those of every upload that reused its name.
+        self._changes: dict[int, int] = {}
         self._changes_lock = threading.Lock()
         #: Set when no new video may be claimed (shutdown requested).
         self.stopping = threading.Event()
@@ -406,11 +408,16 @@ class Worker:
             rpath.unlink()
         shutil.rmtree(workspace, ignore_errors=True)
         returned = failed = None
-        if os.path.lexists(claim.path):
-            with self._changes_lock:
-                times = self._changes[claim.original_name] = (
-                    self._changes.get(claim.original_name, 0) + 1
-                )
+        try:
+            inode: int | None = os.lstat(claim.path).st_ino
+        except FileNotFoundError:
+            inode = None
+        with self._changes_lock:
+            # Counted for this upload only: the file claimed, or the one that replaced it.
+            times = self._changes.pop(claim.identity.inode, 0) + 1
+            if inode is not None:
+                self._changes[inode] = times
+        if inode is not None:
             if times < MAX_CHANGES:
                 returned = self.layout.finish(claim, State.PENDING, self.lease.folder).name
             else:
@@ -436,6 +443,8 @@ class Worker:
                         state = State.PENDING
                 dest = self.layout.finish(claim, state, self.lease.folder).name
                 failed, returned = (dest, None) if state == State.FAILED else (None, dest)
+                if state == State.FAILED:
+                    self._forget_changes(inode)
         logs.event(
             Event.CLAIM_CHANGED,
             level=logging.WARNING,
@@ -444,6 +453,11 @@ class Worker:
             returned_to_pending=returned,
             failed=failed,
         )
+
+    def _forget_changes(self, inode: int) -> None:
+        """A video was filed: the next upload of that name starts counting afresh."""
+        with self._changes_lock:
+            self._changes.pop(inode, None)
 
     def run_claim(self, claim: Claim) -> Outcome | None:
         started = time.monotonic()
@@ -570,6 +584,8 @@ class Worker:
                 state, returned_for = State.PENDING, returned_for or str(exc)
             self._guard(claim)
             dest = self.layout.finish(claim, state, self.lease.folder)
+            if state != State.PENDING:
+                self._forget_changes(claim.identity.inode)
         except LeaseLost as exc:
             logs.event(Event.LEASE_LOST, level=logging.WARNING, video=claim.name, error=str(exc))
             return None
