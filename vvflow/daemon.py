@@ -8,6 +8,7 @@ which are stable, hand those to the workers, keep the lease and the observer ali
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -26,7 +27,7 @@ from vvflow.errors import ConfigError
 from vvflow.events import Event
 from vvflow.layout import Candidate
 from vvflow.metrics import Metrics
-from vvflow.watcher import PendingEvents, Stability, make_observer
+from vvflow.watcher import OpenWrites, PendingEvents, Stability, make_observer
 from vvflow.worker import Worker
 
 HEALTH = ".health"
@@ -57,7 +58,8 @@ class Daemon:
         self.settings = worker.settings
         self.layout = worker.layout
         self.clock = clock
-        self.stability = Stability(self.layout, self.settings.stable_seconds)
+        self.open_writes = OpenWrites()
+        self.stability = Stability(self.layout, self.settings.stable_seconds, self.open_writes)
         self.counters = Counters()
         self._inbox: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._wake = threading.Event()
@@ -119,13 +121,19 @@ class Daemon:
     def _start_observer(self) -> None:
         poll = min(self.settings.rescan_seconds, 1.0)
         kind, observer = make_observer(self.settings.observer, self.layout.pending, poll)
-        handler = PendingEvents(self.layout.pending, self._notify)
+        # A new watch has not seen the writes of files already open: only the /proc look
+        # before each claim knows of those. Polling gives no close events to clear marks.
+        self.open_writes.clear()
+        handler = PendingEvents(
+            self.layout.pending, self._notify, self.open_writes if kind == "inotify" else None
+        )
         try:
             observer.schedule(handler, str(self.layout.pending), recursive=False)
             observer.start()
         except OSError as exc:
             # inotify limits exhausted (max_user_instances/watches): rescans still work.
             logs.event(Event.OBSERVER_FAILED, level=logging.ERROR, error=str(exc), kind=kind)
+            handler.open_writes = None
             kind, observer = make_observer("polling", self.layout.pending, poll)
             observer.schedule(handler, str(self.layout.pending), recursive=False)
             observer.start()
@@ -266,7 +274,9 @@ class Daemon:
         for name in blocked - seen:
             self.worker.unblock(name)  # gone from pending/
         if found:
-            # Something events missed (or the daemon was down when it arrived).
+            # Something events missed (or the daemon was down when it arrived). The
+            # close-after-write events of files being written may be lost as well.
+            self.open_writes.clear()
             self.counters.by_rescan += len(found)
             logs.event(Event.RESCAN_FOUND, count=len(found), videos=found[:20])
 
@@ -298,7 +308,8 @@ class Daemon:
                 return
             try:
                 if not self.worker.stopping.is_set():
-                    self.worker.claim_and_run(candidate)
+                    claimed = functools.partial(self._claimed, candidate.name)
+                    self.worker.claim_and_run(candidate, claimed)
             except Exception:
                 logs.event(
                     Event.INTERNAL_ERROR, level=logging.ERROR, exc_info=True, video=candidate.name
@@ -307,6 +318,14 @@ class Daemon:
                 with self._lock:
                     self._inflight.discard(candidate.name)
                 self._wake.set()
+
+    def _claimed(self, name: str) -> None:
+        """The name is free in pending/ again: a file that arrived under it while it was
+        being claimed (the rest of an upload, the next one of a camera) was passed over
+        as busy, so look at it now rather than at the next rescan."""
+        with self._lock:
+            self._inflight.discard(name)
+        self._notify(name)
 
     def _keep_observer(self) -> None:
         if self.observer_alive():

@@ -20,6 +20,7 @@ class Event(StrEnum):
     CLAIMED = "claimed"
     CLAIM_LOST = "claim_lost"
     CLAIM_CHANGED = "claim_changed"
+    SPLIT_UPLOAD = "split_upload"
     STAGE_SKIPPED = "stage_skipped"
     STAGE_STARTED = "stage_started"
     STAGE_SUCCEEDED = "stage_succeeded"

@@ -102,6 +102,9 @@ class Report(BaseModel):
     #: The names this very file had before (renamed by hand, or moved to a free name),
     #: oldest first; its report and finished outputs followed it.
     previous_names: list[str] = Field(default_factory=list)
+    #: What an operator should know although the video was filed (e.g. that it is
+    #: probably incomplete because the rest of its upload came later).
+    warnings: list[str] = Field(default_factory=list)
 
     def stage(self, name: str) -> StageRecord:
         return self.stages.setdefault(name, StageRecord())

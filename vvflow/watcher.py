@@ -4,7 +4,12 @@ stability rule decides when a candidate is whole.
 The watcher never moves files. Events are hints: watchdog silently drops inotify's
 queue-overflow signal (https://github.com/gorakhargosh/watchdog/issues/654) and network
 or FUSE mounts give no events at all, so a periodic full rescan is the backstop, and
-the stability check (size and mtime unchanged for `stable_seconds`) is the only judge.
+the stability check (size and mtime unchanged for `stable_seconds`) is the judge.
+
+Size and mtime cannot see a writer that pauses holding its file open, so a file still
+open for writing is not stable either: inotify's modify and close-after-write events
+say so for names under watch, and a look at /proc right before each claim catches the
+writers on this host that started before the watch or write while events are lost.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import contextlib
 import heapq
 import logging
 import os
+import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +28,8 @@ from pathlib import Path
 from watchdog.events import (
     FileClosedEvent,
     FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
     FileMovedEvent,
     FileSystemEvent,
     FileSystemEventHandler,
@@ -44,9 +53,12 @@ NETWORK_FILESYSTEMS = frozenset(
 )  # fmt: skip
 
 #: What schedules a stability check. `opened` and `closed_no_write` say nothing about
-#: content, and `modified` is covered by the check itself (it compares size and mtime).
-#: FileClosedEvent exists only with inotify.
-WATCHED_EVENTS: list[type[FileSystemEvent]] = [FileCreatedEvent, FileClosedEvent, FileMovedEvent]
+#: content; `modified` (a file's first write makes it a candidate) also marks the file
+#: open for writing until `closed` (close-after-write). FileClosedEvent exists only with
+#: inotify.
+WATCHED_EVENTS: list[type[FileSystemEvent]] = [
+    FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileMovedEvent
+]  # fmt: skip
 
 
 def _unescape_mount(field: str) -> str:
@@ -78,26 +90,197 @@ def needs_polling(path: Path) -> bool:
     return fstype in NETWORK_FILESYSTEMS or fstype.startswith("fuse")
 
 
-class PendingEvents(FileSystemEventHandler):
-    """Turns watchdog events on pending/ into names to check. It never raises: an
-    exception in a handler kills the observer thread (watchdog issues 793 and 663)."""
+# -- writers -------------------------------------------------------------------------
 
-    def __init__(self, pending: Path, notify: Callable[[str], None]) -> None:
+#: How long a name inotify saw written stays "open for writing" without a further write
+#: when no close-after-write comes. Events lost to a queue overflow clear every mark when
+#: a rescan finds what they missed; a lone lost close delays its video this much at most.
+WRITE_MARK_SECONDS = 300.0
+
+
+class OpenWrites:
+    """Names in pending/ that inotify saw written (IN_MODIFY) and not yet closed after
+    writing (IN_CLOSE_WRITE): a writer holds them open, whatever their size and mtime
+    say. Fed by the observer thread, read by the daemon loop. inotify sees writers in
+    other containers too, which /proc does not; the polling observer gives no close
+    events, so it feeds nothing here. A mark is a hint that can go stale when events
+    are lost: it lapses after `expiry` seconds without a write, and `clear()` drops all."""
+
+    def __init__(self, expiry: float = WRITE_MARK_SECONDS) -> None:
+        self.expiry = expiry
+        self._written: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def wrote(self, name: str) -> None:
+        with self._lock:
+            self._written[name] = time.monotonic()
+
+    def closed(self, name: str) -> None:
+        with self._lock:
+            self._written.pop(name, None)
+
+    def clear(self) -> None:
+        """Forget every mark (the watch was renewed: its close events may be lost)."""
+        with self._lock:
+            self._written.clear()
+
+    def writing(self, name: str) -> bool:
+        with self._lock:
+            since = self._written.get(name)
+            if since is not None and time.monotonic() - since > self.expiry:
+                del self._written[name]
+                since = None
+        return since is not None
+
+
+def _writes(pid: str, fd: str) -> bool:
+    """Whether descriptor `fd` of `pid` is open for writing (O_WRONLY or O_RDWR)."""
+    try:
+        with open(f"/proc/{pid}/fdinfo/{fd}", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"flags:"):
+                    return (int(line.split()[1], 8) & os.O_ACCMODE) in (os.O_WRONLY, os.O_RDWR)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
+def open_writers(path: Path) -> list[int]:
+    """The pids of processes on this host that hold `path` open for writing.
+
+    Reads every /proc/PID/fd link: a link whose last component is the file's name is
+    then stat'ed (never every link: a stat reaches the file's filesystem, which may be
+    a hung network mount; a readlink does not) and matched by device and inode, and
+    /proc/PID/fdinfo/FD gives its access mode. Processes this one may not inspect
+    (another user's, unless root; another pid namespace) are skipped: inotify and the
+    identity checks are there for those. It costs one readlink per descriptor open on
+    the host, so it is done for one file right before a claim, never per rescan.
+    """
+    try:
+        target = os.lstat(path)
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return []
+    suffix = "/" + path.name
+    found = []
+    for pid in pids:
+        folder = f"/proc/{pid}/fd"
+        try:
+            fds = os.listdir(folder)
+        except OSError:
+            continue  # gone, or not ours to inspect
+        for fd in fds:
+            link = f"{folder}/{fd}"
+            try:
+                if not os.readlink(link).endswith(suffix):
+                    continue
+                st = os.stat(link)
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino) and _writes(pid, fd):
+                found.append(int(pid))
+                break
+    return found
+
+
+def describe_writers(pids: list[int]) -> str:
+    """'pid 12 (rsync), pid 40 (curl)' for a log line or a report."""
+    named = []
+    for pid in pids[:5]:
+        try:
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            comm = "?"
+        named.append(f"pid {pid} ({comm})")
+    return ", ".join(named) + (f" and {len(pids) - 5} more" if len(pids) > 5 else "")
+
+
+#: How many leading bytes `container_signature` needs.
+HEAD_BYTES = 512
+
+#: Top-level boxes an ISO base media (MP4, MOV, 3GP) or QuickTime file may begin with.
+_ISO_BOXES = (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot")
+
+
+def container_signature(head: bytes) -> str | None:
+    """The container a file's first bytes announce ('iso:ftyp', 'ebml', 'mpeg-ts' ...),
+    or None. A video file begins with its container's header; a piece cut from its
+    middle almost never does, and one cut at a box boundary announces another box."""
+    if len(head) >= 8 and head[4:8] in _ISO_BOXES:
+        return "iso:" + head[4:8].decode()
+    magic = {
+        b"\x1a\x45\xdf\xa3": "ebml",  # Matroska, WebM
+        b"RIFF": "riff",  # AVI
+        b"OggS": "ogg",
+        b"\x30\x26\xb2\x75": "asf",  # WMV
+        b"\x06\x0e\x2b\x34": "mxf",
+        b"\x00\x00\x01\xba": "mpeg-ps",
+        b"\x00\x00\x01\xb3": "mpeg-video",
+    }.get(head[:4])
+    if magic is not None:
+        return magic
+    if head[:3] == b"FLV":
+        return "flv"
+    if len(head) > 188 and head[0] == head[188] == 0x47:
+        return "mpeg-ts"
+    if len(head) > 196 and head[4] == head[196] == 0x47:
+        return "m2ts"
+    return None
+
+
+def read_head(path: Path) -> bytes:
+    """The first HEAD_BYTES of a regular file (b'' when it cannot be read)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return b""
+    try:
+        return os.read(fd, HEAD_BYTES)
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
+
+
+class PendingEvents(FileSystemEventHandler):
+    """Turns watchdog events on pending/ into names to check, and keeps `open_writes`
+    (inotify only). It never raises: an exception in a handler kills the observer
+    thread (watchdog issues 793 and 663)."""
+
+    def __init__(
+        self,
+        pending: Path,
+        notify: Callable[[str], None],
+        open_writes: OpenWrites | None = None,
+    ) -> None:
         self.pending = os.fsdecode(pending)
         self.notify = notify
+        self.open_writes = open_writes
+
+    def _name(self, path: bytes | str) -> str | None:
+        folder, name = os.path.split(os.fsdecode(path))
+        return name if folder == self.pending and name else None
 
     def dispatch(self, event: FileSystemEvent) -> None:
         try:
             if event.is_directory:
                 return
+            writes = self.open_writes
+            if isinstance(event, FileMovedEvent | FileDeletedEvent | FileClosedEvent):
+                gone = self._name(event.src_path)
+                if writes is not None and gone is not None:
+                    writes.closed(gone)
             if isinstance(event, FileMovedEvent):
-                path = os.fsdecode(event.dest_path)
-            elif isinstance(event, FileCreatedEvent | FileClosedEvent):
-                path = os.fsdecode(event.src_path)
+                name = self._name(event.dest_path)
+            elif isinstance(event, FileCreatedEvent | FileClosedEvent | FileModifiedEvent):
+                # A file is usually created empty (not yet a candidate): its first write
+                # is what makes it one, whether or not its writer ever closes it.
+                name = self._name(event.src_path)
+                if writes is not None and name is not None and type(event) is FileModifiedEvent:
+                    writes.wrote(name)
             else:
                 return
-            folder, name = os.path.split(path)
-            if folder == self.pending and name:
+            if name is not None:
                 self.notify(name)
         except Exception:
             logs.event(Event.INTERNAL_ERROR, level=logging.ERROR, exc_info=True, where="watcher")
@@ -151,9 +334,12 @@ class Stability:
     most (a heap orders the checks); nothing is ever hashed or read.
     """
 
-    def __init__(self, layout: Layout, stable_seconds: float) -> None:
+    def __init__(
+        self, layout: Layout, stable_seconds: float, open_writes: OpenWrites | None = None
+    ) -> None:
         self.layout = layout
         self.stable_seconds = stable_seconds
+        self.open_writes = open_writes
         self._watch: dict[str, _Observation] = {}
         self._due: list[tuple[float, str]] = []
         self._ready: deque[str] = deque()
@@ -202,6 +388,9 @@ class Stability:
                 self._watch[name] = _Observation(seen[0], now, seen[1])
                 heapq.heappush(self._due, (now + self.stable_seconds, name))
                 logs.event(Event.UNSTABLE, level=logging.DEBUG, video=name)
+            elif self._writing(name):
+                # Unchanged, but a writer holds it open: look again later.
+                heapq.heappush(self._due, (now + max(self.stable_seconds, 1.0), name))
             elif now - obs.since >= self.stable_seconds:
                 obs.ready = True
                 self._ready.append(name)
@@ -219,13 +408,16 @@ class Stability:
             seen = self._observe(name)
             if seen is None:
                 continue
-            if seen[0] != obs.key:
+            if seen[0] != obs.key or self._writing(name):
                 self.see(name, now)
                 continue
             size, mtime_ns, inode = obs.key
             identity = report.Identity(size=size, mtime_ns=mtime_ns, inode=inode)
             taken.append(Candidate(name, identity, obs.mtime))
         return taken
+
+    def _writing(self, name: str) -> bool:
+        return self.open_writes is not None and self.open_writes.writing(name)
 
     def forget(self, name: str) -> None:
         with contextlib.suppress(KeyError):

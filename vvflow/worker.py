@@ -7,10 +7,12 @@ watcher and queue.
 
 from __future__ import annotations
 
+import calendar
 import contextlib
 import logging
 import os
 import shutil
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -35,9 +37,13 @@ from vvflow.events import Event
 from vvflow.layout import MOVES, WORK, Candidate, Claim, Layout, State, split_name
 from vvflow.pipeline import Job, Pipeline, publish
 from vvflow.report import StageStatus
+from vvflow.watcher import container_signature, describe_writers, open_writers, read_head
 
 #: A video that changes under its stages this many times in a row is filed as failed.
 MAX_CHANGES = 3
+#: How long after a claim a new file under the same name may be judged the rest of it
+#: (an upload that paused past `stable_seconds`, then appended to the name).
+TAIL_WINDOW_SECONDS = 3600.0
 #: A file this instance may not move is tried again when its permissions change, and
 #: anyway (silently) this often.
 BLOCKED_RETRY_SECONDS = 300.0
@@ -98,6 +104,13 @@ class Worker:
         #: one upload, never those of every upload that reused its name.
         self._changes: dict[int, int] = {}
         self._changes_lock = threading.Lock()
+        #: Videos this instance runs now, with warnings to add to their reports.
+        self._running: dict[str, list[str]] = {}
+        #: Claims given another name (`x.mp4` as `x-2.mp4`) within TAIL_WINDOW_SECONDS:
+        #: original name -> (claimed name, monotonic time). A claim under its own name is
+        #: found by its report.
+        self._renamed: dict[str, tuple[str, float]] = {}
+        self._notes_lock = threading.Lock()
         #: Set when no new video may be claimed (shutdown requested).
         self.stopping = threading.Event()
         #: Set when running stages must be stopped and their videos returned.
@@ -238,12 +251,21 @@ class Worker:
 
     # -- one video -----------------------------------------------------------------
 
-    def claim_and_run(self, candidate: Candidate) -> Outcome | None:
-        """Claim one stable candidate and run it; None when it was not ours to run."""
+    def claim_and_run(
+        self, candidate: Candidate, claimed: Callable[[], None] | None = None
+    ) -> Outcome | None:
+        """Claim one stable candidate and run it; None when it was not ours to run.
+        `claimed()` is called once the name in pending/ is free again (claimed)."""
         if self.stopping.is_set() or not self.lease.held():
             return None
         if not self.storage.may_claim():
             return Outcome(candidate.name, State.PENDING, self.storage.trouble(), storage=True)
+        writers = open_writers(self.layout.pending / candidate.name)
+        if writers:
+            # Stable by size and mtime, but a writer paused with it open: not whole yet.
+            reason = f"open for writing by {describe_writers(writers)}"
+            logs.event(Event.UNSTABLE, video=candidate.name, reason=reason)
+            return None
         with self._claims_lock:
             try:
                 claim = self.layout.claim(candidate, self.lease.folder)
@@ -262,7 +284,14 @@ class Worker:
         if claim is None:
             logs.event(Event.CLAIM_LOST, video=candidate.name)
             return None
+        if claimed is not None:
+            claimed()
         try:
+            earlier = self._earlier_part(claim)
+            if earlier is not None:
+                return self._file_split(claim, *earlier)
+            if claim.name != claim.original_name:
+                self._remember_renamed(claim)
             return self.run_claim(claim)
         finally:
             with self._claims_lock:
@@ -374,6 +403,124 @@ class Worker:
                 self.lease.folder, {n: (b.reason, b.key[0]) for n, b in self.blocked.items()}
             )
 
+    # -- split uploads -------------------------------------------------------------
+
+    def _remember_renamed(self, claim: Claim) -> None:
+        now = time.monotonic()
+        with self._notes_lock:
+            self._renamed[claim.original_name] = (claim.name, now)
+            for name, (_, when) in list(self._renamed.items()):
+                if now - when > TAIL_WINDOW_SECONDS:
+                    del self._renamed[name]
+
+    def _earlier_part(self, claim: Claim) -> tuple[str, Path, float] | None:
+        """The video claimed under `claim`'s original name less than TAIL_WINDOW_SECONDS
+        ago, when `claim` looks like the rest of it: that one begins with a container
+        header and `claim` does not begin with the same one. A camera that reuses its
+        name sends whole files, each with the same header, so it is never judged so.
+        Returns the earlier video's name, its path now and its age in seconds."""
+        with self._notes_lock:
+            renamed = self._renamed.get(claim.original_name)
+        owner: str | None
+        if renamed is not None:
+            name, age, owner = renamed[0], time.monotonic() - renamed[1], self.id.name
+        else:
+            rep = report.load(self.layout.report_path(claim.original_name))
+            if rep is None or rep.original_name != claim.original_name or not rep.claimed_at:
+                return None
+            if rep.state == State.PENDING:
+                return None
+            try:
+                claimed = calendar.timegm(time.strptime(rep.claimed_at, "%Y-%m-%dT%H:%M:%SZ"))
+            except ValueError:
+                return None
+            name, age, owner = rep.name, max(0.0, time.time() - claimed), rep.instance
+        if age > TAIL_WINDOW_SECONDS:
+            return None
+        folders = [self.layout.completed, self.layout.failed]
+        if owner:
+            folders.insert(0, self.layout.processing / owner)
+        for folder in folders:
+            path = folder / name
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if not stat.S_ISREG(st.st_mode) or st.st_ino == claim.identity.inode:
+                return None
+            first = container_signature(read_head(path))
+            if first is None or container_signature(read_head(claim.path)) == first:
+                return None
+            return name, path, age
+        return None
+
+    def _file_split(self, claim: Claim, earlier: str, path: Path, age: float) -> Outcome | None:
+        """File a headerless rest of an upload in failed/, never run as a video of its
+        own, and mark the earlier part's report."""
+        where = os.path.relpath(path, self.layout.root)
+        shown = f"{claim.original_name!r}" + (
+            f" (claimed as {claim.name!r})" if claim.name != claim.original_name else ""
+        )
+        reason = (
+            f"not run: this file appeared in pending/ as {shown} {age:.0f} s after "
+            f"{earlier!r} ({where}) was claimed under that name, and unlike it, it does not "
+            "begin with a video header. It is most likely the rest of that upload: the "
+            "writer paused longer than stable_seconds, then reopened the name and appended "
+            f"(cat >>, curl -C -, a resumable upload), so {earlier!r} is probably "
+            "incomplete too. The producer must write under a temporary name (*.part, *.tmp "
+            "or a hidden .name) and rename the file into pending/ only once it is whole. "
+            "To process this upload, join both parts and put the whole file into pending/."
+        )
+        logs.event(
+            Event.SPLIT_UPLOAD,
+            level=logging.WARNING,
+            video=claim.name,
+            original_name=claim.original_name,
+            earlier=earlier,
+            earlier_path=where,
+            seconds_after=round(age, 1),
+        )
+        self._note(
+            earlier,
+            f"probably incomplete: {claim.name!r} (filed in failed/) appeared under the same "
+            f"name {age:.0f} s after this video was claimed and looks like its rest, appended "
+            f"after a pause; see reports/{claim.name}.json",
+        )
+        return self.run_claim(claim, refuse=reason)
+
+    def _note(self, name: str, warning: str) -> None:
+        """Add a warning to a video's report: through its run when this instance runs it
+        now (the run writes its report), else into the report file."""
+        with self._notes_lock:
+            notes = self._running.get(name)
+            if notes is not None:
+                notes.append(warning)
+                return
+        self._add_warnings(name, [warning])
+
+    def _add_warnings(self, name: str, warnings: list[str]) -> None:
+        if not warnings:
+            return
+        rpath = self.layout.report_path(name)
+        rep = report.load(rpath)
+        if rep is None:
+            return
+        rep.warnings.extend(w for w in warnings if w not in rep.warnings)
+        try:
+            report.save(rpath, rep, tmp_dir=self.lease.folder)
+        except OSError as exc:
+            logs.event(Event.REPORT_UNWRITABLE, level=logging.ERROR, video=name,
+                       error=f"cannot write report {rpath}: {exc.strerror}")  # fmt: skip
+
+    def _check_writers(self, claim: Claim) -> None:
+        """Raise ClaimChanged when a process holds the claimed file open for writing: its
+        stages may have read a part of it, and filed, it would go on changing."""
+        writers = open_writers(claim.path)
+        if writers:
+            raise ClaimChanged(
+                f"still open for writing by {describe_writers(writers)} when its stages were done"
+            )
+
     def _guard(self, claim: Claim) -> None:
         """Raise LeaseLost unless this instance still holds `claim`, and ClaimChanged
         when the file itself was deleted, replaced or modified meanwhile."""
@@ -459,7 +606,20 @@ class Worker:
         with self._changes_lock:
             self._changes.pop(inode, None)
 
-    def run_claim(self, claim: Claim) -> Outcome | None:
+    def run_claim(self, claim: Claim, *, refuse: str | None = None) -> Outcome | None:
+        """Run a claimed video through the pipeline and file it; with `refuse`, file it
+        in failed/ with that reason without running a stage."""
+        with self._notes_lock:
+            self._running[claim.name] = []
+        try:
+            return self._run_claim(claim, refuse)
+        finally:
+            with self._notes_lock:
+                warnings = self._running.pop(claim.name, [])
+            # Noted after the run's last report write (or the run filed nothing).
+            self._add_warnings(claim.name, warnings)
+
+    def _run_claim(self, claim: Claim, refuse: str | None) -> Outcome | None:
         started = time.monotonic()
         workspace = self.lease.folder / WORK / claim.name
         rpath = self.layout.report_path(claim.name)
@@ -495,6 +655,10 @@ class Worker:
 
         def save(durable: bool = False) -> None:
             self._guard(claim)
+            with self._notes_lock:
+                notes = self._running.get(claim.name, [])
+                rep.warnings.extend(notes)
+                notes.clear()
             try:
                 report.save(rpath, rep, tmp_dir=workspace, durable=durable)
             except OSError as exc:
@@ -525,15 +689,18 @@ class Worker:
                 raise lookup_failed
             workspace.mkdir(parents=True, exist_ok=True)
             save()
-            original = None
-            if self.settings.dedupe and rep.dedupe:
-                original, marker = self._find_original(claim, rep, save)
-            if original is None or not self._reuse(claim, rep, original, workspace, save):
-                job = Job(claim.path, claim.name, claim.stem, self.layout.root, workspace)
-                self.pipeline.run(
-                    job, rep, save=save, guard=lambda: self._guard(claim), cancel=self.cancel
-                )
-            state = State.COMPLETED
+            if refuse is not None:
+                rep.error = refuse
+            else:
+                original = None
+                if self.settings.dedupe and rep.dedupe:
+                    original, marker = self._find_original(claim, rep, save)
+                if original is None or not self._reuse(claim, rep, original, workspace, save):
+                    job = Job(claim.path, claim.name, claim.stem, self.layout.root, workspace)
+                    self.pipeline.run(
+                        job, rep, save=save, guard=lambda: self._guard(claim), cancel=self.cancel
+                    )
+                state = State.COMPLETED
         except StageError:
             state = State.FAILED
         except Cancelled:
@@ -570,6 +737,8 @@ class Worker:
         rep.finished_at = report.now_iso() if state != State.PENDING else None
         rep.duration_s = round(duration, 3)
         try:
+            if state != State.PENDING:
+                self._check_writers(claim)
             # The report first, then the move: a crash between them leaves the video in
             # processing/, where recovery returns it and the report lets it resume.
             try:
