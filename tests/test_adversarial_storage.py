@@ -122,9 +122,17 @@ def test_a_few_seconds_of_full_disk_fail_no_video(
         wait_for(lambda: _no_failure_yet(root, run) and _trouble(root, env) is not None,
                  timeout=20, what="status to show the storage trouble",
                  detail=lambda: (tree(root), run.text()[-3000:]))  # fmt: skip
-        health = root.vvflow("health", env=env)
-        assert health.returncode == 0, health.stdout + health.stderr
-        assert "degraded" in health.stdout and "storage" in health.stdout, health.stdout
+        # The daemon refreshes its health record every HEALTH_SECONDS (2 s).
+        health_lines: list[str] = []
+
+        def degraded() -> bool:
+            health = root.vvflow("health", env=env)
+            assert health.returncode == 0, health.stdout + health.stderr
+            health_lines.append(health.stdout)
+            return "degraded" in health.stdout and "storage" in health.stdout
+
+        wait_for(degraded, timeout=10, what="health to say degraded",
+                 detail=lambda: health_lines[-1:])  # fmt: skip
         assert _metric(port, "vvflow_storage_trouble") == 1.0
         text = root.vvflow("status", env=env, check=0).stdout
         assert "STORAGE" in text and "free" in text, text

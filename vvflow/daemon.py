@@ -232,6 +232,10 @@ class Daemon:
         if now >= self._next_health:
             self._next_health = now + HEALTH_SECONDS
             self._keep_observer()
+            # Look at the free space even when nothing waits to be claimed (or every
+            # worker is busy): the trouble is said in the log, health and metrics at
+            # once, not only when the next claim would be refused.
+            self.worker.storage.may_claim()
             self._write_health()
             self.worker.refile()
         if now >= self._next_recover:
