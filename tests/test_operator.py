@@ -121,7 +121,17 @@ def test_metrics_endpoint_counts_what_happens(root: Root, tmp_path: Path) -> Non
         wait_for(lambda: root.names("completed") == ["early.mp4"], what="early.mp4")
         root.drop("late.mp4")  # found by its event
         wait_for(lambda: len(root.names("completed")) == 2, what="late.mp4")
-        m = _scrape(str(address))
+        # A video is filed first; then its `completed` event counts it and its worker
+        # leaves the queue: scrape once both happened.
+        scraped: list[dict[str, float]] = []
+
+        def settled() -> bool:
+            scraped.append(_scrape(str(address)))
+            return (scraped[-1]['vvflow_videos_finished_total{state="completed"}'] == 2
+                    and scraped[-1]['vvflow_queue_length{kind="inflight"}'] == 0)  # fmt: skip
+
+        wait_for(settled, timeout=10, what="the metrics to settle")
+        m = scraped[-1]
     finally:
         run.stop()
         run.close()
