@@ -148,10 +148,17 @@ class Daemon:
     def observer_alive(self) -> bool:
         """The observer runs and still watches the folder that is pending/ now (one
         removed and made anew, or renamed away and back, gives no events to a watch on
-        the old one)."""
+        the old one).
+
+        The folder's (device, inode) alone cannot tell: a folder made right after the
+        old one was removed often gets the old inode number back. watchdog's inotify
+        emitter stops itself when its watched folder is deleted (IN_DELETE_SELF), so a
+        stopped emitter says it too."""
+        observer = self._observer
         return (
-            self._observer is not None
-            and self._observer.is_alive()
+            observer is not None
+            and observer.is_alive()
+            and all(e.is_alive() and e.should_keep_running() for e in observer.emitters)
             and self._watched == self._pending_identity()
         )
 
