@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Root
-from vvflow import report
+from vvflow import instance, report
 from vvflow.dedupe import ContentIndex
 from vvflow.layout import Layout, State
 
@@ -330,3 +330,26 @@ def test_index_of_the_earlier_format_keeps_working(tmp_path: Path) -> None:
     assert list((folder / "size" / str(SIZE)).iterdir()) == []
     assert len(list((folder / "sha256").iterdir())) == 100
     assert max(_lookups(index, 100).values()) <= 20
+
+
+def test_same_content_started_within_one_clock_tick_runs_once(tmp_path: Path) -> None:
+    """Two workers of one instance register the same content within one tick of the
+    filesystem's clock (ext4 stamps mtimes in kernel ticks of a few ms): their markers
+    have equal mtimes and one instance name. Exactly one of them must wait for the
+    other; before, neither did and both ran every stage."""
+    layout = Layout(tmp_path / "root", [".mp4"])
+    layout.ensure()
+    lease = layout.processing / instance.InstanceId.current().name  # alive: this process
+    lease.mkdir()
+    index = ContentIndex(layout)
+    data = b"the same bytes" * 1000
+    markers = []
+    for name in ("one.mp4", "two.mp4"):
+        (lease / name).write_bytes(data)
+        markers.append(index.register(len(data), lease / name, lease))
+    tick = time.time_ns()
+    for marker in markers:
+        os.utime(marker, ns=(tick, tick))
+    digest = hashlib.sha256(data).hexdigest()
+    waits = [index.earlier_same_content(len(data), marker, digest) for marker in markers]
+    assert sorted(waits) == [False, True], waits

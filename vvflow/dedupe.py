@@ -303,10 +303,13 @@ class ContentIndex:
 
     def earlier_same_content(self, size: int, mine: Path, digest: str) -> bool:
         """Whether a video of the same content started running before this one (by the
-        marker's age, then instance name: every contender orders them the same way, so
-        the earliest never waits and exactly one of the same content runs)."""
+        marker's age, then instance name, then marker name: every contender orders them
+        the same way, so the earliest never waits and exactly one of the same content
+        runs). The names break ties: two markers written within one tick of the
+        filesystem's clock (a few ms on ext4) have equal mtimes, and with only the
+        instance name to tell them apart, two workers of one instance both ran."""
         try:
-            own = (mine.stat().st_mtime_ns, mine.parent.parent.name)
+            own = (mine.stat().st_mtime_ns, mine.parent.parent.name, mine.name)
         except FileNotFoundError:
             return False
         for folder in self.layout.instance_folders():
@@ -316,7 +319,7 @@ class ContentIndex:
                 if marker == mine:
                     continue
                 try:
-                    order = (marker.stat().st_mtime_ns, folder.name)
+                    order = (marker.stat().st_mtime_ns, folder.name, marker.name)
                     path = Path(os.fsdecode(bytes.fromhex(json.loads(marker.read_bytes())["path"])))
                 except (OSError, ValueError, KeyError, TypeError):
                     continue
