@@ -442,9 +442,16 @@ def test_a_burst_that_overflows_the_inotify_queue_is_fully_processed(
         run = running()
     finally:
         knob.write_text(saved)
+    wait_for(lambda: any(e["event"] == "watching" for e in run.events()), what="watching")
     names = [f"burst{i:03d}.mp4" for i in range(200)]
-    for name in names:
-        root.drop(name)
+    # The daemon is stopped while the burst arrives, so its 16-event queue overflows for
+    # sure (a reader that keeps up would see every name however small the queue).
+    os.kill(run.proc.pid, signal.SIGSTOP)
+    try:
+        for name in names:
+            root.drop(name)
+    finally:
+        os.kill(run.proc.pid, signal.SIGCONT)
     wait_for(lambda: len(root.names("completed")) == len(names), timeout=90, what="burst")
     assert run.stop() == 0
     stopped = next(e for e in run.events() if e["event"] == "stopped")
