@@ -13,7 +13,6 @@ import errno
 import json
 import os
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from tests.test_adversarial_support import (
     entries,
     hostile,
     leftovers,
+    tmpfs_root,
     wait_for,
 )
 
@@ -37,22 +37,8 @@ MIN_FREE_BYTES = 1 << 20
 @pytest.fixture
 def small_disk(tmp_path: Path, video_bytes: bytes) -> Iterator[Root]:
     """A root on a tmpfs of DISK_MIB MiB (the stage log stays outside it)."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("needs root and mount(8) to mount a tmpfs")
-    mountpoint = tmp_path / "disk"
-    mountpoint.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={DISK_MIB}m", "tmpfs", str(mountpoint)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
-        root = Root(mountpoint / "root", tmp_path / "runs.log", video_bytes)
-        root.folder("pending").mkdir(parents=True)
+    with tmpfs_root(tmp_path, video_bytes, DISK_MIB) as root:
         yield root
-    finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], check=True)
 
 
 def _fill(folder: Path) -> list[Path]:

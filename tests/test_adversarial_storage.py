@@ -6,11 +6,8 @@ the instance says what is wrong (log, status, health, metrics) and resumes by it
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import signal
-import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -26,6 +23,7 @@ from tests.test_adversarial_support import (
     assert_settled,
     entries,
     hostile,
+    tmpfs_root,
     tree,
     wait_for,
 )
@@ -40,22 +38,8 @@ STORAGE_ENV = {"VVFLOW_MIN_FREE_BYTES": str(MIN_FREE)}
 @pytest.fixture
 def tiny_disk(tmp_path: Path, video_bytes: bytes) -> Iterator[Root]:
     """A root on a tmpfs of DISK_MIB MiB (the stage log stays outside it)."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("needs root and mount(8) to mount a tmpfs")
-    mountpoint = tmp_path / "disk"
-    mountpoint.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={DISK_MIB}m", "tmpfs", str(mountpoint)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
-        root = Root(mountpoint / "root", tmp_path / "runs.log", video_bytes)
-        root.folder("pending").mkdir(parents=True)
+    with tmpfs_root(tmp_path, video_bytes, DISK_MIB) as root:
         yield root
-    finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], check=True)
 
 
 def _configure(root: Root, steps: str = "sleep:0.2") -> None:

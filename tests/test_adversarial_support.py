@@ -8,14 +8,16 @@ keep, bounded waits, and the invariants a storage root must satisfy after any or
 from __future__ import annotations
 
 import calendar
+import contextlib
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,28 @@ from tests.conftest import Root, events
 HOSTILE = Path(__file__).with_name("hostile_stage.py")
 OUTPUT_DIRS = {"scan": ("analytic", "analytic"), "summarize": ("summaries", "summary"),
                "logline": ("loglines", "logline")}  # fmt: skip
+
+
+@contextlib.contextmanager
+def tmpfs_root(tmp_path: Path, video_bytes: bytes, mib: int) -> Iterator[Root]:
+    """A root on a tmpfs of `mib` MiB (the stage log stays outside it); skips the test
+    where a tmpfs cannot be mounted."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("needs root and mount(8) to mount a tmpfs")
+    mountpoint = tmp_path / "disk"
+    mountpoint.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={mib}m", "tmpfs", str(mountpoint)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        root = Root(mountpoint / "root", tmp_path / "runs.log", video_bytes)
+        root.folder("pending").mkdir(parents=True)
+        yield root
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=True)
 
 
 def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:

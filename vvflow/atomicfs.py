@@ -20,6 +20,7 @@ import ctypes
 import errno
 import json
 import os
+import stat
 import threading
 import uuid
 from pathlib import Path
@@ -275,3 +276,21 @@ def _write_all(fd: int, data: bytes) -> None:
 
 def same_file(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def read_regular(path: Path) -> bytes | None:
+    """The bytes of the regular file at `path`; None when it is absent, unreadable or
+    not a regular file. Never blocks on a FIFO nor follows a symlink planted there."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            return fh.read()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)

@@ -86,21 +86,14 @@ def index_key(text: str) -> str:
 
 
 def _read_name(entry: Path) -> str | None:
-    """The name an index entry holds; None when it is unreadable. Never blocks on a
-    FIFO nor follows a symlink planted there."""
-    try:
-        fd = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
+    """The name an index entry holds; None when it is unreadable."""
+    data = atomicfs.read_regular(entry)
+    if data is None:
         return None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        with os.fdopen(fd, "rb", closefd=False) as fh:
-            name = json.loads(fh.read())["name"]
-    except (OSError, ValueError, KeyError, TypeError):
+        name = json.loads(data)["name"]
+    except (ValueError, KeyError, TypeError):
         return None
-    finally:
-        os.close(fd)
     return name if isinstance(name, str) else None
 
 

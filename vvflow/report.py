@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import stat
 import time
 from enum import StrEnum
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from vvflow.atomicfs import write_atomic
+from vvflow.atomicfs import read_regular, write_atomic
 
 SCHEMA_VERSION = 1
 _NAME_MAX = 255
@@ -122,23 +121,15 @@ def report_path(reports: Path, name: str) -> Path:
 
 
 def load(path: Path) -> Report | None:
-    """The report at `path`; None when it is absent or unreadable (treated as no history)."""
-    try:
-        # Never block on a FIFO nor follow a symlink planted there: only a regular file
-        # can be a report.
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
+    """The report at `path`; None when it is absent or unreadable (treated as no history).
+    Only a regular file can be a report: a FIFO or symlink planted there is not read."""
+    data = read_regular(path)
+    if data is None:
         return None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        with os.fdopen(fd, "rb", closefd=False) as fh:
-            data = fh.read()
         return Report.model_validate(json.loads(data))
-    except (OSError, ValidationError, ValueError):
+    except (ValidationError, ValueError):
         return None
-    finally:
-        os.close(fd)
 
 
 def dumps(report: Report) -> bytes:
