@@ -15,7 +15,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,21 +29,11 @@ from tests.test_adversarial_support import (
     log_time,
     wait_for,
 )
+from tests.test_operator import _scrape
 
 NOBODY = 65534
 SETPRIV = shutil.which("setpriv")
 AS_NOBODY = [str(SETPRIV), "--reuid", str(NOBODY), "--regid", str(NOBODY), "--clear-groups"]
-
-
-def _scrape(url: str) -> dict[str, float]:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    values = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.rpartition(" ")
-            values[key] = float(value)
-    return values
 
 
 # -- a file the instance may not move --------------------------------------------------
