@@ -199,8 +199,13 @@ def test_crash_before_every_change_then_during_recovery_is_repaired(
         for event, _src, dst in kinds
     ), "no crash between writing a report and renaming it"
     if rename == "link":
+        # The protocol without RENAME_NOREPLACE: rename to a private name, link, unlink.
         assert any(
-            event == "os.remove" and "/input/processing/" in src and src.endswith("/v.mp4")
+            event == "os.link" and "/.moves/" in src and src.endswith(".staged")
+            for event, src, _dst in kinds
+        ), "no crash between taking a file under a private name and linking it"
+        assert any(
+            event == "os.remove" and "/.moves/" in src and src.endswith(".staged")
             for event, src, _dst in kinds
         ), "no crash between link and unlink of a move"
     print(f"\ncrash points ({rename}): {len(points)} crash points, each with a crashed recovery")

@@ -1,10 +1,26 @@
-"""Filesystem primitives: a rename that never overwrites, atomic writes, directory fsync.
+"""Filesystem primitives: moves that never overwrite and that only one mover wins,
+atomic writes, directory fsync, and what the filesystem under the root can do.
 
 Linux's rename(2) silently replaces an existing destination. renameat2 with
-RENAME_NOREPLACE refuses instead, atomically; where the filesystem lacks it (NFS,
-some FUSE mounts) we fall back to link(2) + unlink(2). A crash between those two
-leaves the file under both names; an intent record written before the link lets
-`repair_moves` finish the move later.
+RENAME_NOREPLACE refuses instead, atomically, and of several processes renaming one
+name only one succeeds: where the filesystem has it (local disks) every move is that
+one call. Network and FUSE filesystems (GlusterFS, NFS, CephFS, SMB) refuse the flag
+(EINVAL), and there link(2) + unlink(2) is *not* a lock: a client that looked a file
+up a moment ago can link it after another client renamed it away, and both "win".
+What those filesystems do keep exclusive is a plain rename of one name (one winner,
+the others get ENOENT) and the creation of one name (link or O_EXCL: one winner, the
+others get EEXIST). So a move there is three steps (`_staged_move`):
+
+1. rename the source into this instance's own journal folder (`.moves/`, which no
+   other live process writes): exclusive on the source;
+2. link that private name to the destination: exclusive on the destination, never an
+   overwrite; a name taken means the next candidate name;
+3. unlink the private name.
+
+An intent record written before step 1 lets `repair_moves` finish a move whose mover
+died (or complete it again, idempotently, for a mover that froze: both link the same
+file to the same first free name). A claim into one's own folder is one plain rename
+(`take`): nobody else creates names there.
 
 The intent records go into slots written whole when an instance starts
 (`reserve_intents`), so that a move never needs free space: on a full disk a video can
@@ -19,11 +35,17 @@ import contextlib
 import ctypes
 import errno
 import json
+import logging
 import os
 import stat
 import threading
+import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+
+from vvflow import logs
+from vvflow.events import Event
 
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
@@ -39,8 +61,9 @@ if _renameat2 is not None:
     ]
     _renameat2.restype = ctypes.c_int
 
-#: Set VVFLOW_RENAME=link to force the link + unlink fallback (for filesystems whose
-#: renameat2 misbehaves, and to exercise the fallback in tests).
+#: Set VVFLOW_RENAME=link to use the protocol of filesystems without RENAME_NOREPLACE
+#: (rename into a private name, link, unlink) everywhere: for a filesystem whose
+#: renameat2 misbehaves, and to exercise that protocol in tests.
 FORCE_LINK = os.environ.get("VVFLOW_RENAME", "") == "link"
 
 _UNSUPPORTED = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP}
@@ -52,6 +75,26 @@ _SLOT_PREFIX = "slot-"
 _slots_lock = threading.Lock()
 #: Slots a move of this process is using now.
 _busy_slots: set[Path] = set()
+
+
+#: How long `makedirs` waits for a folder another client created to become visible.
+MKDIR_SETTLE_SECONDS = 10.0
+
+
+def makedirs(path: Path) -> None:
+    """`mkdir -p` for a root that several hosts share: on a network filesystem another
+    client may create the same folder at the same moment, and this client's mkdir then
+    returns EEXIST before the folder is visible to its own lookups (GlusterFS does).
+    Wait for it to appear; only a name that stays something else than a folder fails."""
+    deadline = time.monotonic() + MKDIR_SETTLE_SECONDS
+    while True:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            return
+        except FileExistsError:
+            if time.monotonic() > deadline or os.path.islink(path):
+                raise
+            time.sleep(0.05)
 
 
 def fsync_dir(path: Path) -> None:
@@ -83,13 +126,53 @@ def _renameat2_noreplace(src: Path, dst: Path) -> bool:
 
 
 def rename_noreplace(src: Path, dst: Path, *, journal: Path) -> None:
-    """Rename `src` to `dst` on one filesystem; raise FileExistsError if `dst` exists.
+    """Rename `src` to `dst` on one filesystem; raise FileExistsError if `dst` exists
+    and FileNotFoundError if `src` is gone (another mover took it).
 
-    `journal` is a folder on the same filesystem where the link fallback records its
-    intent, so that a crash between link and unlink can be repaired by `repair_moves`.
+    `journal` is a folder of this instance on the same filesystem, where a move that
+    cannot use renameat2 records its intent and keeps the file under a private name
+    for a moment, so that a crash can be repaired by `repair_moves`.
     """
+    move(src, iter([dst]), journal=journal)
+
+
+def move(src: Path, targets: Iterator[Path], *, journal: Path) -> Path:
+    """Move `src` to the first of `targets` that does not exist, never overwriting, and
+    return it. Of several processes moving one `src`, exactly one succeeds; the others
+    get FileNotFoundError. When every target is taken, `src` is put back (when its name
+    is still free) and FileExistsError is raised."""
+    dst = next(targets)
+    while True:
+        try:
+            done = _renameat2_noreplace(src, dst)
+        except FileExistsError:
+            dst = _next_target(targets, dst)
+            continue
+        if not done:
+            dst = _staged_move(src, dst, targets, journal)
+        break
+    fsync_dir(dst.parent)
+    if src.parent != dst.parent:
+        fsync_dir(src.parent)
+    return dst
+
+
+def _next_target(targets: Iterator[Path], taken: Path) -> Path:
+    following = next(targets, None)
+    if following is None:
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(taken))
+    return following
+
+
+def take(src: Path, dst: Path) -> None:
+    """Rename `src` to `dst`, a name in a folder that only this process creates names
+    in (its own instance folder): raise FileNotFoundError when another process took
+    `src` first, FileExistsError when `dst` exists. Exclusive on the source on every
+    filesystem: of several renames of one name exactly one succeeds."""
     if not _renameat2_noreplace(src, dst):
-        _link_move(src, dst, journal)
+        if os.path.lexists(dst):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst))
+        os.rename(src, dst)
     fsync_dir(dst.parent)
     if src.parent != dst.parent:
         fsync_dir(src.parent)
@@ -162,40 +245,117 @@ def _release_slot(slot: Path, *, clear: bool = True) -> None:
             _busy_slots.discard(slot)
 
 
-def _link_move(src: Path, dst: Path, journal: Path) -> None:
+STAGED_SUFFIX = ".staged"
+
+
+def _staged_move(src: Path, dst: Path, targets: Iterator[Path], journal: Path) -> Path:
+    """The move of filesystems without RENAME_NOREPLACE: see the module's docstring."""
     # Never `parents=True`: the journal's parent is an instance folder, and recreating
     # one that recovery removed would resurrect a lost lease.
     journal.mkdir(exist_ok=True)
-    record = json.dumps({"src": os.fsencode(src).hex(), "dst": os.fsencode(dst).hex()}).encode()
+    staged = journal / f"{uuid.uuid4().hex}{STAGED_SUFFIX}"
+    record = json.dumps(
+        {"src": os.fsencode(src).hex(), "dst": os.fsencode(dst).hex(),
+         "staged": os.fsencode(staged).hex()}
+    ).encode()  # fmt: skip
     slot = _take_slot(journal, record)
     intent = journal / f"{uuid.uuid4().hex}{INTENT_SUFFIX}"
     if slot is None:
         write_atomic(intent, record, tmp_dir=journal)
+    keep_record = False
     try:
-        os.link(src, dst, follow_symlinks=False)
-        fsync_dir(dst.parent)
+        os.rename(src, staged)  # the one step that is exclusive on the source
         try:
-            os.unlink(src)
-        except FileNotFoundError:
-            # Another mover linked the same source and unlinked it first: it won, so
-            # take our name back and report the source as gone, as rename would.
-            os.unlink(dst)
+            links = os.lstat(staged).st_nlink
+            dst = _link_first_free(staged, dst, targets)
+            fsync_dir(dst.parent)
+        except FileExistsError:
+            # Every target is taken: back under its own name (or beside it).
+            _link_first_free(staged, src, _variants(src))
+            os.unlink(staged)
             raise
-        except PermissionError:
-            # Not ours to remove (a sticky folder, another user's file): undo the link,
-            # so that the file stays where it was, under one name, as rename would.
-            os.unlink(dst)
+        except BaseException:
+            # A storage error (no space for the new name, I/O): put it back where it
+            # was; failing that, the record stays for `repair_moves`.
+            try:
+                _link_first_free(staged, src, _variants(src))
+                os.unlink(staged)
+            except OSError:
+                keep_record = True
             raise
+        os.unlink(staged)
+        after = os.lstat(dst).st_nlink
+        if after > links:
+            double_move(dst, links, after)
+        return dst
     finally:
-        if slot is not None:
+        if keep_record:
+            pass  # the slot stays busy and written: repaired at the next start
+        elif slot is not None:
             _release_slot(slot)
         else:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(intent)
 
 
-def _finish_move(src: Path, dst: Path) -> bool:
-    """Complete an interrupted link + unlink move; True when a repair was needed."""
+def double_move(path: Path, before: int, after: int) -> None:
+    """Say that the file just moved to `path` gained names meanwhile: another process
+    moved (claimed) the same file at the same time. Never deleted here: either name may
+    be the one the other process keeps; counted in the metrics."""
+    logs.event(
+        Event.DOUBLE_CLAIM,
+        level=logging.ERROR,
+        path=str(path),
+        names_before=before,
+        names_after=after,
+        error="the same file was moved by two processes at once: the filesystem's "
+        "renames are not exclusive here (see `vvflow doctor`)",
+    )
+
+
+def _link_first_free(staged: Path, dst: Path, targets: Iterator[Path]) -> Path:
+    """Link `staged` to `dst` or the first free name after it; a target that already is
+    this very file (a repairer finished the move) counts as done."""
+    while True:
+        try:
+            os.link(staged, dst, follow_symlinks=False)
+            return dst
+        except FileExistsError:
+            if _same(staged, dst):
+                return dst
+            dst = _next_target(targets, dst)
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return same_file(os.lstat(a), os.lstat(b))
+    except FileNotFoundError:
+        return False
+
+
+def _variants(path: Path) -> Iterator[Path]:
+    """`path`, then `<stem>-recovered-N<ext>` beside it."""
+    yield path
+    stem, ext = os.path.splitext(path.name)
+    for number in range(1, 1_000_000):
+        yield path.with_name(f"{stem}-recovered-{number}{ext}")
+
+
+def _finish_move(src: Path, dst: Path, staged: Path | None) -> bool:
+    """Complete an interrupted move; True when a repair was needed.
+
+    A file still under its private name goes to its destination (or, that name taken
+    by another file, back to its source, or beside it): a mover that froze and wakes
+    up links the same file to the same first free name, so both end up agreeing. A
+    move of the older protocol (link, then unlink) left the file under both names."""
+    if staged is not None and os.path.lexists(staged):
+        try:
+            _link_first_free(staged, dst, iter([src]))
+        except FileExistsError:
+            _link_first_free(staged, src, _variants(src))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(staged)
+        return True
     try:
         s, d = os.lstat(src), os.lstat(dst)
     except FileNotFoundError:
@@ -208,10 +368,10 @@ def _finish_move(src: Path, dst: Path) -> bool:
 
 
 def repair_moves(journal: Path) -> list[tuple[Path, Path]]:
-    """Finish every move recorded in `journal` whose writer died between link and unlink.
+    """Finish every move recorded in `journal` whose mover died (or froze) inside it.
 
-    Only call this for the journal of an instance known to be dead (or one's own, at
-    start): a live writer's intent is in use.
+    Only call this for the journal of an instance taken over (its heartbeat deleted),
+    or one's own, at start: a live mover's intent is in use.
     """
     repaired: list[tuple[Path, Path]] = []
     try:
@@ -225,14 +385,25 @@ def repair_moves(journal: Path) -> list[tuple[Path, Path]]:
                 record = json.loads(intent.read_bytes().rstrip(b"\0") or b"null")
                 src = Path(os.fsdecode(bytes.fromhex(record["src"])))
                 dst = Path(os.fsdecode(bytes.fromhex(record["dst"])))
-            except (ValueError, KeyError, TypeError, FileNotFoundError):
-                # A half-written intent: the write crashed before the link happened.
+                staged_hex = record.get("staged")
+                staged = Path(os.fsdecode(bytes.fromhex(staged_hex))) if staged_hex else None
+            except (ValueError, KeyError, TypeError, AttributeError, FileNotFoundError):
+                # A half-written intent: the write crashed before the move began.
                 pass
             else:
-                if _finish_move(src, dst):
+                if _finish_move(src, dst, staged):
                     repaired.append((src, dst))
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(intent)
+    for leftover in journal.glob(f"*{STAGED_SUFFIX}"):
+        # A private name whose intent is gone: never lose it, give it back beside the
+        # journal's folder, where recovery returns claims.
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(intent)
+            _link_first_free(
+                leftover, journal.parent / leftover.name, _variants(journal.parent / leftover.name)
+            )
+            os.unlink(leftover)
+            repaired.append((leftover, journal.parent / leftover.name))
     return repaired
 
 

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from vvflow import instance, logs, report
-from vvflow.atomicfs import write_atomic
+from vvflow.atomicfs import makedirs, write_atomic
 from vvflow.errors import Cancelled
 from vvflow.events import Event
 from vvflow.layout import INDEX, Layout, State
@@ -112,7 +112,7 @@ class ContentIndex:
                 originals += 1
             else:
                 self.record_duplicate(rep.name)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        makedirs(self.folder)
         (self.folder / BUILT).touch()
         return originals
 
@@ -131,12 +131,12 @@ class ContentIndex:
         unhashed = self.by_size / str(size) / _key(name)
         if digest is None:
             data = json.dumps({"name": name}, ensure_ascii=True).encode()
-            unhashed.parent.mkdir(parents=True, exist_ok=True)
+            makedirs(unhashed.parent)
             write_atomic(unhashed, data, tmp_dir=tmp_dir, durable=durable)
             return
         # The size's marker first: a lookup that sees neither it nor an unhashed entry
         # of that size skips hashing, so one of them must be there at every moment.
-        self.hashed.mkdir(parents=True, exist_ok=True)
+        makedirs(self.hashed)
         (self.hashed / str(size)).touch()
         names = self._names(digest)
         if name not in names:
@@ -145,7 +145,7 @@ class ContentIndex:
             unhashed.unlink()
 
     def record_duplicate(self, name: str) -> None:
-        self.duplicates.mkdir(parents=True, exist_ok=True)
+        makedirs(self.duplicates)
         report.report_path(self.duplicates, name).touch()
 
     def duplicate_count(self) -> int:
@@ -178,7 +178,7 @@ class ContentIndex:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
             return
-        self.by_digest.mkdir(parents=True, exist_ok=True)
+        makedirs(self.by_digest)
         data = json.dumps({"names": names}, ensure_ascii=True).encode()
         write_atomic(path, data, tmp_dir=tmp_dir, durable=durable)
 
@@ -288,7 +288,7 @@ class ContentIndex:
     def register(self, size: int, claim_path: Path, lease_folder: Path) -> Path:
         """Say that a video of `size` bytes runs here, and where its file is."""
         marker = lease_folder / SIZES / f"{size}-{_key(claim_path.name)}"
-        marker.parent.mkdir(exist_ok=True)  # never parents: see atomicfs._link_move
+        marker.parent.mkdir(exist_ok=True)  # never parents: see atomicfs._staged_move
         data = json.dumps({"path": os.fsencode(claim_path).hex()}).encode()
         write_atomic(marker, data, tmp_dir=marker.parent, durable=False)
         return marker

@@ -19,6 +19,7 @@ class Event(StrEnum):
     UNSTABLE = "unstable"
     CLAIMED = "claimed"
     CLAIM_LOST = "claim_lost"
+    DOUBLE_CLAIM = "double_claim"
     CLAIM_CHANGED = "claim_changed"
     SPLIT_UPLOAD = "split_upload"
     STAGE_SKIPPED = "stage_skipped"

@@ -165,7 +165,7 @@ def _carry(source: Path, target: Path, reported_at: int) -> bool:
         return False
     if source == target:
         return True
-    target.parent.mkdir(parents=True, exist_ok=True)
+    atomicfs.makedirs(target.parent)
     try:
         same = os.path.samefile(source, target)  # a case-insensitive filesystem
     except OSError:
@@ -207,11 +207,11 @@ class Layout:
         """Create every folder, then refuse a root split across filesystems."""
         try:
             for state in State:
-                self.folder(state).mkdir(parents=True, exist_ok=True)
+                atomicfs.makedirs(self.folder(state))
             for name in OUTPUT_DIRS:
-                (self.root / name).mkdir(parents=True, exist_ok=True)
+                atomicfs.makedirs(self.root / name)
             for path in extra:
-                path.mkdir(parents=True, exist_ok=True)
+                atomicfs.makedirs(path)
         except OSError as exc:
             raise LayoutError(f"cannot create {exc.filename}: {exc.strerror}") from None
         self.check_one_filesystem(extra)
@@ -324,7 +324,7 @@ class Layout:
         entry = self._name_entry(name)
         if os.path.lexists(entry):
             return
-        entry.parent.mkdir(parents=True, exist_ok=True)
+        atomicfs.makedirs(entry.parent)
         data = json.dumps({"name": name}, ensure_ascii=True).encode()
         atomicfs.write_atomic(entry, data, tmp_dir=tmp_dir, durable=False)
 
@@ -350,7 +350,7 @@ class Layout:
             names.add(name)
         for name in names:
             self.remember_name(name, tmp_dir)
-        self.names.mkdir(parents=True, exist_ok=True)
+        atomicfs.makedirs(self.names)
         (self.names / BUILT).touch()
         return True
 
@@ -432,7 +432,7 @@ class Layout:
         filesystem's device number differs between hosts. A cache: a lost entry only
         costs a rerun, and an entry is believed only when the report's whole identity
         agrees."""
-        self.files.mkdir(parents=True, exist_ok=True)
+        atomicfs.makedirs(self.files)
         data = json.dumps({"name": name}, ensure_ascii=True).encode()
         entry = self.files / str(identity.inode)
         atomicfs.write_atomic(entry, data, tmp_dir=tmp_dir, durable=False)
@@ -545,28 +545,26 @@ class Layout:
             self.remember_file(new, identity, tmp_dir)
         return rep
 
-    def _free_in(self, folder: Path, name: str) -> str:
+    def _names_in(self, folder: Path, name: str) -> Iterator[Path]:
+        """`folder/name`, then `<stem>-N<ext>` for N = 2, 3, ...: the names a move into
+        a shared folder tries in order, skipping those seen taken (the move itself
+        never overwrites one that is taken meanwhile)."""
         stem, ext = split_name(name)
         candidate, number = name, 1
-        while os.path.lexists(folder / candidate):
+        while True:
+            if not os.path.lexists(folder / candidate):
+                yield folder / candidate
             number += 1
             candidate = _fit(stem, f"-{number}", ext)
-        return candidate
 
     # -- moves ---------------------------------------------------------------------
 
     def _move(self, src: Path, folder: Path, name: str, journal: Path) -> Path:
-        """Rename `src` into `folder`, as `name` or, if taken there, a free variant of it."""
+        """Move `src` into `folder`, as `name` or, if taken there, a free variant of it."""
         if folder.is_symlink():
             # Swapped in while running: following it would move the video out of the root.
             raise LayoutError(f"{folder} has become a symlink; not moving {name!r} into it")
-        while True:
-            dst = folder / self._free_in(folder, name)
-            try:
-                atomicfs.rename_noreplace(src, dst, journal=journal)
-            except FileExistsError:
-                continue  # lost a race for that name; take the next
-            return dst
+        return atomicfs.move(src, self._names_in(folder, name), journal=journal)
 
     def claim(self, candidate: Candidate, lease_folder: Path) -> Claim | None:
         """Rename a stable candidate into `lease_folder`; None when it changed or another
@@ -588,7 +586,9 @@ class Layout:
             while True:
                 dst = lease_folder / self.free_name(candidate.name, candidate.identity)
                 try:
-                    atomicfs.rename_noreplace(src, dst, journal=journal)
+                    # A plain rename into our own folder: the one primitive that is
+                    # exclusive on the source on every filesystem (see atomicfs).
+                    atomicfs.take(src, dst)
                 except FileNotFoundError:
                     return None
                 except FileExistsError:
@@ -600,6 +600,9 @@ class Layout:
                     raise Blocked(self._blocked_reason(src, exc), key) from None
                 break
         after = os.lstat(dst)
+        if atomicfs.same_file(after, st) and after.st_nlink > st.st_nlink:
+            # It gained a name while we took it: another process claimed it too.
+            atomicfs.double_move(dst, st.st_nlink, after.st_nlink)
         if not stat.S_ISREG(after.st_mode) or not atomicfs.same_file(after, st):
             # Something was swapped in between the check and the rename (a symlink, a
             # new file): put it back untouched and let the next scan judge it.
@@ -668,7 +671,7 @@ class Layout:
                 name = self.free_name(candidate.name, candidate.identity)
                 target = lease_folder / name
                 try:
-                    atomicfs.rename_noreplace(claimed, target, journal=lease_folder / MOVES)
+                    atomicfs.take(claimed, target)
                 except FileExistsError:
                     continue
             claimed = target

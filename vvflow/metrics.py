@@ -113,6 +113,10 @@ class Metrics:
         self.recovered = Counter("vvflow_videos_recovered",
                                  "Videos returned to pending from dead instances",
                                  registry=r)  # fmt: skip
+        self.double_claims = Counter("vvflow_double_claims",
+                                     "Files this instance found moved by two processes at once "
+                                     "(two names of one video); anything but 0 is a defect",
+                                     registry=r)  # fmt: skip
         self.blocked = Gauge("vvflow_videos_blocked",
                              "Files in pending/ this instance may not move (permissions)",
                              registry=r)  # fmt: skip
@@ -147,6 +151,8 @@ class Metrics:
             self.found.labels("rescan").inc(int(fields.get("count", 0)))
         elif name in (Event.BLOCKED, Event.UNBLOCKED):
             self.blocked.set(int(fields.get("blocked", 0)))
+        elif name == Event.DOUBLE_CLAIM:
+            self.double_claims.inc()
         elif name == Event.RECOVERED:
             self.takeovers.inc()
             self.recovered.inc(len(fields.get("videos", ())))

@@ -34,7 +34,7 @@ from tenacity import (
 )
 
 from vvflow import logs
-from vvflow.atomicfs import fsync_dir
+from vvflow.atomicfs import fsync_dir, makedirs
 from vvflow.config import PLACEHOLDERS, StageConfig
 from vvflow.errors import (
     AttemptFailed,
@@ -476,7 +476,7 @@ def publish(tmp: Path, final: Path, root: Path | None = None) -> None:
                 raise AttemptFailed(f"{folder} is a symlink; not publishing outside the root")
             folder = folder.parent
     try:
-        final.parent.mkdir(parents=True, exist_ok=True)
+        makedirs(final.parent)
         shutil.copyfile(tmp, fresh)
         with fresh.open("rb+") as fh:
             os.fsync(fh.fileno())
