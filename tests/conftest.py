@@ -3,6 +3,7 @@ way to run the real `vvflow` command as a subprocess."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests.gluster import GlusterVolume, Unavailable, gluster_volume, skip_reason
 from tests.media import make_video
 
 STAGECMD = Path(__file__).with_name("stagecmd.py")
@@ -130,6 +132,22 @@ class Root:
 def video_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     path = make_video(tmp_path_factory.mktemp("media") / "sample.mp4", seconds=0.5)
     return path.read_bytes()
+
+
+@pytest.fixture(scope="session")
+def gluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GlusterVolume]:
+    """A real GlusterFS volume mounted twice (tests/gluster.py), set up once per session;
+    skips, saying why, where root, FUSE, namespaces or the gluster binaries are lacking."""
+    reason = skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    with contextlib.ExitStack() as stack:
+        try:
+            volume = stack.enter_context(gluster_volume(tmp_path_factory.mktemp("gluster")))
+        except Unavailable as exc:
+            pytest.skip(str(exc))
+        print(f"\nGlusterFS volume up in {volume.setup_seconds:.1f}s: {volume.mounts}")
+        yield volume
 
 
 @pytest.fixture

@@ -1,0 +1,298 @@
+"""A real GlusterFS volume for the tests, mounted twice: two independent FUSE clients.
+
+`gluster_volume(workdir)` builds, in about five seconds, everything a shared-storage
+test needs and nothing on the machine's own network or state:
+
+- a network namespace of its own, held by one `unshare --net --mount` process, with a
+  dummy interface (a veth pair where the kernel has no dummy driver) carrying
+  ADDRESS/24 and `lo` up: glusterd refuses loopback addresses for bricks, and the
+  machine's real interface is never used;
+- glusterd in that network namespace and in a private mount namespace, where folders
+  under `workdir` are bind-mounted over /run, /var/lib/glusterd and /var/log/glusterfs:
+  the host's glusterd state is neither read nor written, and parallel runs (each with
+  its own namespace and port 24007) never meet;
+- a two-brick distributed volume (bricks under `workdir`, `force`), started;
+- the volume mounted twice with the `glusterfs` FUSE client, each client a process
+  of its own with its own caches; the clients run in the network namespace (to reach
+  ADDRESS) but in the host's mount namespace, so the mounts are visible to the test
+  and to every process it starts.
+
+Leaving the context unmounts both mounts, stops the volume, ends every process in the
+namespace (glusterd, bricks, clients) and so the namespace itself, and removes
+`workdir`, also when setup failed half way. `skip_reason()` says why a volume cannot be
+had here (not root, no /dev/fuse, no gluster binaries, no namespaces); anything else
+that fails is an error, with the logs that say why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+ADDRESS = "10.213.7.1"
+VOLUME = "vvtest"
+#: Binaries the volume needs and the Debian package that has them.
+BINARIES = {
+    "glusterd": "glusterfs-server",
+    "gluster": "glusterfs-server",
+    "glusterfs": "glusterfs-client",
+    "unshare": "util-linux",
+    "nsenter": "util-linux",
+    "ip": "iproute2",
+    "umount": "mount",
+}
+#: glusterd's own configuration, so that the host's /etc/glusterfs/glusterd.vol (say,
+#: inet6 only) cannot change the test.
+_GLUSTERD_VOL = """volume management
+    type mgmt/glusterd
+    option working-directory /var/lib/glusterd
+    option transport-type socket
+    option transport.address-family inet
+    option transport.socket.listen-port 24007
+    option transport.socket.read-fail-log off
+    option ping-timeout 0
+    option event-threads 1
+end-volume
+"""
+
+
+@dataclass
+class GlusterVolume:
+    """A started volume and its two FUSE mounts (two clients)."""
+
+    mounts: tuple[Path, Path]
+    workdir: Path
+    holder: int  # pid of the process that holds the network namespace
+    setup_seconds: float
+
+    def in_netns(self, argv: list[str]) -> list[str]:
+        """`argv` run in the volume's network namespace (and the host's mounts)."""
+        return ["nsenter", f"--net=/proc/{self.holder}/ns/net", *argv]
+
+    def in_server(self, argv: list[str]) -> list[str]:
+        """`argv` run where glusterd runs: its network and its private mounts."""
+        return ["nsenter", "-t", str(self.holder), "--net", "--mount", *argv]
+
+    def gluster(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """The `gluster` CLI (`--mode=script`) talking to this volume's glusterd."""
+        return _run(self.in_server(["gluster", "--mode=script", *args]), timeout=timeout)
+
+    def logs(self) -> str:
+        """The tails of glusterd's, the bricks' and the clients' logs, for a failure."""
+        out = []
+        for log in sorted(self.workdir.glob("log/**/*.log")) + sorted(
+            self.workdir.glob("client-*.log")
+        ):
+            lines = log.read_text(errors="replace").splitlines()[-15:]
+            out.append(f"== {log.relative_to(self.workdir)}\n" + "\n".join(lines))
+        return "\n".join(out)
+
+
+def skip_reason() -> str | None:
+    """Why a GlusterFS volume cannot be set up on this machine, or None if it can."""
+    if os.geteuid() != 0:
+        return "needs root: network and mount namespaces, glusterd and FUSE mounts"
+    missing = sorted({f"{b} ({p})" for b, p in BINARIES.items() if shutil.which(b) is None})
+    if missing:
+        return "needs " + ", ".join(missing) + ": install glusterfs-server glusterfs-client"
+    try:
+        os.close(os.open("/dev/fuse", os.O_RDWR))
+    except OSError as exc:
+        return f"needs FUSE for the glusterfs client: /dev/fuse: {exc.strerror}"
+    probe = _run(["unshare", "--net", "--mount", "true"])
+    if probe.returncode != 0:
+        return f"cannot create network and mount namespaces: {probe.stderr.strip()}"
+    return None
+
+
+def _run(argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def _check(proc: subprocess.CompletedProcess[str], what: str) -> None:
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what} failed ({proc.returncode}): {proc.stderr or proc.stdout}")
+
+
+def _wait(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return raw[raw.rfind(b")") + 2 :].split()[0] != b"Z"
+
+
+def _in_namespace(netns: str) -> list[int]:
+    """Live processes in the network namespace `netns` (a readlink of /proc/N/ns/net)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{entry}/ns/net") == netns and _alive(int(entry)):
+                    pids.append(int(entry))
+    return pids
+
+
+def _mounted(path: Path) -> bool:
+    with open("/proc/self/mounts", encoding="utf-8") as fh:
+        return any(line.split()[1] == str(path) for line in fh)
+
+
+def _end_namespace(netns: str, holder: int) -> None:
+    """Every process in the namespace (bricks, glusterd, clients), then its holder:
+    SIGTERM, then SIGKILL for what is left after 10 s."""
+    for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
+        pids = [p for p in _in_namespace(netns) if p != holder]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + grace
+        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def _add_interface(volume: GlusterVolume) -> None:
+    """A dummy interface (or a veth pair, both ends inside) with ADDRESS, and lo, up."""
+    ip = volume.in_netns(["ip"])
+    dummy = _run([*ip, "link", "add", "vvt0", "type", "dummy"])
+    if dummy.returncode != 0:
+        veth = _run([*ip, "link", "add", "vvt0", "type", "veth", "peer", "name", "vvt1"])
+        if veth.returncode != 0:
+            raise Unavailable(
+                "cannot create a dummy or veth interface in a network namespace: "
+                f"{dummy.stderr.strip()}; {veth.stderr.strip()}"
+            )
+        _check(_run([*ip, "link", "set", "vvt1", "up"]), "ip link set vvt1 up")
+    _check(_run([*ip, "addr", "add", f"{ADDRESS}/24", "dev", "vvt0"]), "ip addr add")
+    _check(_run([*ip, "link", "set", "vvt0", "up"]), "ip link set vvt0 up")
+    _check(_run([*ip, "link", "set", "lo", "up"]), "ip link set lo up")
+
+
+class Unavailable(Exception):
+    """The machine cannot give what the volume needs (the caller skips, saying why)."""
+
+
+@contextlib.contextmanager
+def gluster_volume(
+    workdir: Path, *, client_options: tuple[str, ...] = ()
+) -> Iterator[GlusterVolume]:
+    """A started two-brick volume mounted twice (see the module's docstring); raises
+    `Unavailable` where the kernel refuses the namespace's interface, RuntimeError
+    (with the logs) where glusterd or a client fails."""
+    started = time.monotonic()
+    workdir.mkdir(parents=True, exist_ok=True)
+    for sub in ("run/gluster", "lib", "log", "brick1", "brick2", "mnt1", "mnt2"):
+        (workdir / sub).mkdir(parents=True, exist_ok=True)
+    (workdir / "glusterd.vol").write_text(_GLUSTERD_VOL)
+    with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, workdir, ignore_errors=True)
+        children: list[subprocess.Popen[bytes]] = []
+        stack.callback(_reap, children)
+        # The holder: the namespace lives as long as it does; it ends when its stdin
+        # closes, so it does not outlive a test process that was killed.
+        holder_err = stack.enter_context((workdir / "holder.err").open("wb"))
+        holder = subprocess.Popen(
+            ["unshare", "--net", "--mount", "--propagation", "private",
+             sys.executable, "-S", "-c", "import sys; sys.stdin.buffer.read()"],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=holder_err,
+        )  # fmt: skip
+        children.append(holder)
+        assert holder.stdin is not None
+        stack.callback(holder.stdin.close)
+        own = os.readlink("/proc/self/ns/net")
+        _wait(lambda: holder.poll() is not None or _netns(holder.pid) != own,
+              "the namespace holder")  # fmt: skip
+        if holder.poll() is not None:
+            err = (workdir / "holder.err").read_text(errors="replace").strip()
+            raise Unavailable(f"cannot create network and mount namespaces: {err}")
+        netns = _netns(holder.pid)
+        stack.callback(_end_namespace, netns, holder.pid)
+        mounts = (workdir / "mnt1", workdir / "mnt2")
+        volume = GlusterVolume(mounts, workdir, holder.pid, 0.0)
+        _add_interface(volume)
+        for host_dir, private in (("run", "/run"), ("lib", "/var/lib/glusterd"),
+                                  ("log", "/var/log/glusterfs")):  # fmt: skip
+            _check(_run(volume.in_server(["mkdir", "-p", private])), f"mkdir {private}")
+            _check(
+                _run(volume.in_server(["mount", "--bind", str(workdir / host_dir), private])),
+                f"bind-mount over {private}",
+            )
+        # The address must exist before glusterd starts: it takes its own addresses
+        # once, and a brick on an address it did not see is "not in 'Peer in Cluster'".
+        glusterd_out = stack.enter_context((workdir / "glusterd.out").open("wb"))
+        glusterd = subprocess.Popen(
+            volume.in_server(["glusterd", "--no-daemon", f"--volfile={workdir / 'glusterd.vol'}"]),
+            stdin=subprocess.DEVNULL, stdout=glusterd_out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        children.append(glusterd)
+        try:
+            _wait(
+                lambda: (
+                    glusterd.poll() is not None
+                    or volume.gluster("pool", "list", timeout=30).returncode == 0
+                ),
+                "glusterd to answer",
+            )
+            if glusterd.poll() is not None:
+                raise RuntimeError(f"glusterd exited with {glusterd.returncode}")
+            bricks = [f"{ADDRESS}:{workdir / b}" for b in ("brick1", "brick2")]
+            _check(volume.gluster("volume", "create", VOLUME, *bricks, "force"), "volume create")
+            _check(volume.gluster("volume", "start", VOLUME), "volume start")
+            stack.callback(volume.gluster, "volume", "stop", VOLUME, "force")
+            for number, mountpoint in enumerate(mounts, 1):
+                log = workdir / f"client-{number}.log"
+                client = subprocess.Popen(
+                    volume.in_netns(["glusterfs", "--no-daemon", f"--volfile-server={ADDRESS}",
+                                     f"--volfile-id={VOLUME}", *client_options,
+                                     f"--log-file={log}", str(mountpoint)]),
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )  # fmt: skip
+                children.append(client)
+                stack.callback(_unmount, mountpoint)
+                _wait_mounted(mountpoint, client)
+        except Exception as exc:
+            raise RuntimeError(f"{exc}\n{volume.logs()}") from exc
+        volume.setup_seconds = time.monotonic() - started
+        yield volume
+
+
+def _netns(pid: int) -> str:
+    return os.readlink(f"/proc/{pid}/ns/net")
+
+
+def _wait_mounted(mountpoint: Path, client: subprocess.Popen[bytes]) -> None:
+    _wait(lambda: _mounted(mountpoint) or client.poll() is not None, f"the mount {mountpoint}")
+    if client.poll() is not None:
+        raise RuntimeError(f"the glusterfs client for {mountpoint} exited ({client.returncode})")
+    os.statvfs(mountpoint)  # the client answers
+
+
+def _reap(children: list[subprocess.Popen[bytes]]) -> None:
+    for child in children:
+        if child.poll() is None:
+            child.kill()
+        child.wait(30)
+
+
+def _unmount(mountpoint: Path) -> None:
+    if not _mounted(mountpoint):
+        return
+    if _run(["umount", str(mountpoint)]).returncode != 0:
+        _run(["umount", "-l", str(mountpoint)])  # busy: a process still has a file open
