@@ -20,7 +20,8 @@ import pytest
 from tests.conftest import Root, events
 from vvflow.config import load_settings
 from vvflow.daemon import Daemon
-from vvflow.watcher import PendingEvents, filesystem_type, needs_polling
+from vvflow.filesystem import filesystem_type, needs_polling
+from vvflow.watcher import PendingEvents
 from vvflow.worker import Worker
 
 

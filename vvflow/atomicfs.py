@@ -65,6 +65,14 @@ if _renameat2 is not None:
 #: (rename into a private name, link, unlink) everywhere: for a filesystem whose
 #: renameat2 misbehaves, and to exercise that protocol in tests.
 FORCE_LINK = os.environ.get("VVFLOW_RENAME", "") == "link"
+#: "renameat2" is False once a probe of the root found that it ignores RENAME_NOREPLACE.
+_usable = {"renameat2": True}
+
+
+def use_renameat2(usable: bool) -> None:
+    """Say whether the root's filesystem honours RENAME_NOREPLACE (`filesystem.probe`)."""
+    _usable["renameat2"] = usable
+
 
 _UNSUPPORTED = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP}
 INTENT_SUFFIX = ".move"
@@ -84,14 +92,19 @@ MKDIR_SETTLE_SECONDS = 10.0
 def makedirs(path: Path) -> None:
     """`mkdir -p` for a root that several hosts share: on a network filesystem another
     client may create the same folder at the same moment, and this client's mkdir then
-    returns EEXIST before the folder is visible to its own lookups (GlusterFS does).
-    Wait for it to appear; only a name that stays something else than a folder fails."""
+    returns EEXIST before the folder is visible to its own lookups, or ESTALE
+    (GlusterFS does both). Wait for it to appear; only a name that stays something
+    else than a folder fails."""
     deadline = time.monotonic() + MKDIR_SETTLE_SECONDS
     while True:
         try:
             path.mkdir(parents=True, exist_ok=True)
             return
-        except FileExistsError:
+        except OSError as exc:
+            # ESTALE too: GlusterFS answers it now and then to a lookup of a folder
+            # another client is creating (5 of 300 racing start-ups).
+            if exc.errno not in (errno.EEXIST, errno.ESTALE):
+                raise
             if time.monotonic() > deadline or os.path.islink(path):
                 raise
             time.sleep(0.05)
@@ -114,7 +127,7 @@ def fsync_dir(path: Path) -> None:
 
 def _renameat2_noreplace(src: Path, dst: Path) -> bool:
     """True when done; False when this filesystem does not support it."""
-    if _renameat2 is None or FORCE_LINK:
+    if _renameat2 is None or FORCE_LINK or not _usable["renameat2"]:
         return False
     rc = _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE)
     if rc == 0:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
-from vvflow import __version__, atomicfs, instance, logs, report, status
+from vvflow import __version__, atomicfs, filesystem, instance, logs, report, status
 from vvflow.config import Settings, builtin_stages, load_settings
 from vvflow.daemon import Daemon, check_health
 from vvflow.errors import ConfigError, LayoutError
@@ -264,6 +264,13 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     except LayoutError as exc:
         line(False, "root", str(exc))
         return RET_FAILED
+    caps = filesystem.probe(layout.processing)
+    atomicfs.use_renameat2(caps.noreplace is True)
+    line(True, "filesystem", caps.describe())
+    for problem in caps.problems:
+        line(False, "unsafe", problem)
+    if not caps.problems:
+        line(True, "moves", _protocol_line(caps))
     line(*_check_writable_and_rename(layout))
     line(*_check_inotify())
     usage = shutil.disk_usage(settings.root)
@@ -293,12 +300,23 @@ def _check_writable_and_rename(layout: Layout) -> tuple[bool, str, str]:
                 pass
             else:
                 return False, "rename", "a rename overwrote an existing file"
-            mode = "link + unlink fallback" if atomicfs.FORCE_LINK else "renameat2 or link"
-            return True, "rename", f"writable; renames never overwrite ({mode})"
+            return True, "rename", "writable; a move onto an existing name refused"
     except OSError as exc:
         if exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
             return False, "rename", f"{layout.root} is not writable: {exc.strerror}"
         return False, "rename", f"{exc.strerror}: {exc.filename}"
+
+
+def _protocol_line(caps: filesystem.Capabilities) -> str:
+    if caps.protocol == filesystem.RENAMEAT2:
+        return "renameat2(RENAME_NOREPLACE) for every move: one call, exclusive, never overwrites"
+    shared = (
+        "; instances on several hosts are safe" if caps.shared else "; safe for several instances"
+    )
+    return (
+        "claims: a plain rename into the instance's own folder (exclusive); filings: "
+        "a rename to a private name, then link (never overwrites), then unlink" + shared
+    )
 
 
 def _check_inotify() -> tuple[bool, str, str]:

@@ -88,7 +88,7 @@ class Daemon:
         self._start_observer()
         self._write_health()
         self.worker.prepare()
-        self.worker.recover()
+        self._recover(self.clock())
         for i in range(self.settings.workers):
             thread = threading.Thread(target=self._work_loop, name=f"vvflow-worker-{i}")
             thread.start()
@@ -248,11 +248,18 @@ class Daemon:
         if now >= self._next_recover:
             self._next_recover = now + min(5.0, self.settings.lease_seconds / 3)
             try:
-                self.worker.recover()
+                self._recover(now)
             except OSError as exc:
                 # What was not returned stays in the dead folder for the next pass.
                 self.worker.storage.failed(f"cannot recover a dead instance: {exc}")
         return True
+
+    def _recover(self, now: float) -> None:
+        """Return dead instances' claims to pending/, at the front of the queue: they
+        waited once already, and were whole when claimed (no stability wait again)."""
+        for name in reversed(self.worker.recover()):
+            if not self._busy(name):
+                self.stability.first(name, now)
 
     def _busy(self, name: str) -> bool:
         with self._lock:

@@ -40,18 +40,11 @@ from watchdog.observers.polling import PollingObserver
 
 from vvflow import logs, report
 from vvflow.events import Event
+from vvflow.filesystem import needs_polling
 from vvflow.layout import Candidate, Layout
 
 #: Filesystems on which inotify sees nothing of changes made elsewhere (other clients of
 #: a network share, the host side of a FUSE or VM mount): use the polling observer.
-NETWORK_FILESYSTEMS = frozenset(
-    {
-        "nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "virtiofs", "ceph", "glusterfs",
-        "lustre", "gpfs", "beegfs", "afs", "ncpfs", "davfs", "sshfs", "vboxsf", "vmhgfs",
-        "prl_fs", "efs", "orangefs", "ocfs2", "gfs2",
-    }
-)  # fmt: skip
-
 #: What schedules a stability check. `opened` and `closed_no_write` say nothing about
 #: content; `modified` (a file's first write makes it a candidate) also marks the file
 #: open for writing until `closed` (close-after-write). FileClosedEvent exists only with
@@ -59,35 +52,6 @@ NETWORK_FILESYSTEMS = frozenset(
 WATCHED_EVENTS: list[type[FileSystemEvent]] = [
     FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileMovedEvent
 ]  # fmt: skip
-
-
-def _unescape_mount(field: str) -> str:
-    # /proc/self/mountinfo escapes space, tab, newline and backslash as octal.
-    return field.encode().decode("unicode_escape") if "\\" in field else field
-
-
-def filesystem_type(path: Path) -> str:
-    """The type of the filesystem `path` is on, from /proc/self/mountinfo ('' if unknown)."""
-    try:
-        lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    except OSError:
-        return ""
-    target = os.path.realpath(path)
-    best, best_type = -1, ""
-    for line in lines:
-        left, sep, right = line.partition(" - ")
-        if not sep:
-            continue
-        mount_point = _unescape_mount(left.split()[4])
-        prefix = mount_point.rstrip("/") + "/"
-        if (target == mount_point or target.startswith(prefix)) and len(mount_point) > best:
-            best, best_type = len(mount_point), right.split()[0]
-    return best_type
-
-
-def needs_polling(path: Path) -> bool:
-    fstype = filesystem_type(path)
-    return fstype in NETWORK_FILESYSTEMS or fstype.startswith("fuse")
 
 
 # -- writers -------------------------------------------------------------------------
@@ -373,6 +337,19 @@ class Stability:
         self._watch[name] = _Observation(seen[0], now, seen[1])
         heapq.heappush(self._due, (now + self.stable_seconds, name))
         return True
+
+    def first(self, name: str, now: float) -> None:
+        """Put `name` at the front of the ready queue now, with no stability wait: a
+        video recovery returned, whole when it was claimed. `take` still checks that it
+        is unchanged since this call and that no writer holds it open."""
+        seen = self._observe(name)
+        if seen is None:
+            return
+        if name in self._watch:
+            with contextlib.suppress(ValueError):
+                self._ready.remove(name)
+        self._watch[name] = _Observation(seen[0], now, seen[1], ready=True)
+        self._ready.appendleft(name)
 
     def check(self, now: float) -> None:
         """Re-stat every tracked name whose check is due; mark the stable ones ready."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vvflow import atomicfs, dedupe, instance, logs, report, storage
+from vvflow import atomicfs, dedupe, filesystem, instance, logs, report, storage
 from vvflow.config import Settings
 from vvflow.errors import (
     Blocked,
@@ -170,6 +170,13 @@ class Worker:
         checks while a large index is rebuilt)."""
         output_dirs = {p.parent for p in self.pipeline.output_paths("x", "x").values()}
         self.layout.ensure(output_dirs)
+        caps = filesystem.probe(self.layout.processing)
+        if caps.problems:
+            raise LayoutError(
+                f"refusing to run on {self.layout.root}: {caps.describe()}: "
+                + "; ".join(caps.problems)
+            )
+        atomicfs.use_renameat2(caps.noreplace is True)
         self.lease.acquire()
         try:
             # One intent slot per move that may run at once (each worker, a claim, a
@@ -177,7 +184,9 @@ class Worker:
             atomicfs.reserve_intents(self.journal, self.settings.workers + 2)
         except OSError as exc:
             self.storage.failed(f"cannot reserve the move journal {self.journal}: {exc.strerror}")
-        logs.event(Event.STARTED, instance=self.id.name, root=str(self.layout.root))
+        logs.event(
+            Event.STARTED, instance=self.id.name, root=str(self.layout.root), **caps.fields()
+        )
         if prepare:
             self.prepare()
 
@@ -203,13 +212,14 @@ class Worker:
         self.lease.release()
         self.layout.remove_instance_folder(self.lease.folder)
 
-    def recover(self) -> int:
-        """Return the claims of every dead instance to pending/. Returns how many.
+    def recover(self) -> list[str]:
+        """Return the claims of every dead instance to pending/. Returns their names
+        there.
 
         Each call is also a look at the others' heartbeats: an instance that this one
         cannot see run or die (another host's, a stopped one) is dead only after calls
         a lease apart found its heartbeat unchanged."""
-        total = 0
+        total: list[str] = []
         folders = [f for f in self.layout.instance_folders() if f != self.lease.folder]
         self.liveness.keep_only(folders)
         dead = [folder for folder in folders if self.liveness.is_dead(folder)]
@@ -217,7 +227,7 @@ class Worker:
         for folder in dead:
             returned, repaired = self.layout.recover(folder, self.journal)
             repaired += early[folder]
-            total += len(returned)
+            total += [p.name for p in returned]
             logs.event(
                 Event.RECOVERED,
                 instance=folder.name,
@@ -933,7 +943,7 @@ class Worker:
         summary = Summary()
         self.start()
         try:
-            summary.recovered = self.recover()
+            summary.recovered = len(self.recover())
 
             def wait(seconds: float) -> bool:
                 deadline = time.monotonic() + seconds
@@ -997,5 +1007,5 @@ class Worker:
                        lease_seconds=self.settings.lease_seconds)  # fmt: skip
         poll = min(1.0, self.settings.lease_seconds / 8)
         while undecided & set(self.liveness.undecided()) and not wait(poll):
-            returned += self.recover()
+            returned += len(self.recover())
         return returned
