@@ -599,7 +599,10 @@ class Layout:
                         return None
                     raise Blocked(self._blocked_reason(src, exc), key) from None
                 break
-        after = os.lstat(dst)
+        try:
+            after = os.lstat(dst)
+        except FileNotFoundError:
+            return None  # taken back already: this instance was frozen and lost its lease
         if atomicfs.same_file(after, st) and after.st_nlink > st.st_nlink:
             # It gained a name while we took it: another process claimed it too.
             atomicfs.double_move(dst, st.st_nlink, after.st_nlink)
@@ -608,7 +611,10 @@ class Layout:
             # new file): put it back untouched and let the next scan judge it.
             self._move(dst, self.pending, candidate.name, journal)
             return None
-        dst = self._settle_stem(dst, candidate, lease_folder)
+        try:
+            dst = self._settle_stem(dst, candidate, lease_folder)
+        except FileNotFoundError:
+            return None  # taken back meanwhile, as above
         return Claim(dst, dst.name, candidate.name, report.Identity.of(after))
 
     def permission_key(self, name: str) -> tuple[int, ...] | None:

@@ -674,6 +674,10 @@ class Worker:
             except OSError as exc:
                 where = os.path.relpath(rpath, self.layout.root)
                 message = f"cannot write report {where}: {exc.strerror}"
+                if not self.lease.held():
+                    # Taken over between the check and the write (its workspace, where
+                    # the report is written first, went with the claims): not an error.
+                    raise LeaseLost(f"the lease of {self.id.name} was taken over") from None
                 if is_storage_error(exc):
                     # Never go on without a report on a full disk: a video is filed only
                     # with a report that says so, and the disk will have room again.
