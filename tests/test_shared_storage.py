@@ -5,10 +5,12 @@ queue. The same protocol across two GlusterFS clients: tests/test_shared_gluster
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from tests.test_adversarial_support import (
     stage_log,
     wait_for,
 )
-from vvflow import filesystem
+from vvflow import filesystem, instance
 
 
 def test_doctor_and_start_up_name_the_filesystem_and_the_protocol(root: Root) -> None:
@@ -201,3 +203,54 @@ def test_videos_taken_back_from_a_dead_instance_go_to_the_front(root: Root, tmp_
     assert_settled(root, ["r1.mp4", "r2.mp4", *backlog], ["scan"])
     recovered = next(e for e in b.events() if e["event"] == "recovered" and e["videos"])
     assert sorted(recovered["videos"]) == ["r1.mp4", "r2.mp4"]
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-S", "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_an_instance_of_another_machine_with_this_hostname_keeps_its_claims(
+    root: Root, tmp_path: Path
+) -> None:
+    """Two machines with one hostname (cloned VMs, hosts all named `localhost`) share
+    the initial PID namespace's inode number too: a pid of the other machine must never
+    be looked up here. Its instances (one named by this vvflow with another boot id,
+    one by an older vvflow without it) hold a claim each and beat; `vvflow once` here
+    takes neither, though neither pid runs on this machine."""
+    root.configure([hostile(root, "scan")], lease_seconds=2.0)
+    boot = instance.this_boot()
+    other_boot = "%08x" % (int(boot, 16) ^ 0xFFFFFFFF)
+    host, ns, pid = instance.this_host(), instance.this_pid_namespace(), _dead_pid()
+    folders = [
+        root.folder("processing") / f"{host}-{other_boot}-{ns}-{pid}-12345",
+        root.folder("processing") / f"{host}-{ns}-{pid}-12345",  # an older vvflow's name
+    ]
+    for number, folder in enumerate(folders):
+        folder.mkdir(parents=True)
+        (folder / ".heartbeat").write_bytes(b"%020d\n" % 0)
+        (folder / f"held{number}.mp4").write_bytes(root.video_bytes + bytes([number]))
+    stop = threading.Event()
+
+    def beat() -> None:
+        count = 0
+        while not stop.wait(0.25):
+            count += 1
+            for folder in folders:
+                with contextlib.suppress(FileNotFoundError):
+                    (folder / ".heartbeat").write_bytes(b"%020d\n" % count)
+
+    beater = threading.Thread(target=beat, daemon=True)
+    beater.start()
+    try:
+        proc = root.vvflow("once", check=0)
+    finally:
+        stop.set()
+        beater.join()
+    assert not [e for e in events(proc.stderr) if e["event"] == "recovered" and e["videos"]], (
+        proc.stderr[-3000:]
+    )
+    for number, folder in enumerate(folders):
+        assert (folder / f"held{number}.mp4").exists(), proc.stderr[-3000:]
+    assert stage_log(root) == []

@@ -1,12 +1,15 @@
 """Who an instance is, whether it is alive, and the heartbeat that keeps its lease.
 
-An instance is named `<host>-<pid namespace>-<pid>-<start>` where `start` is the
-process start time in clock ticks since boot (from /proc), so a reused pid is never
-taken for the instance that died, and the PID namespace keeps two containers that
-share a hostname from judging each other's pids. Its folder `processing/<instance>/`
-holds its claims and a hidden heartbeat file that it rewrites (a beat counter) every
-lease / 4. Another instance that takes the claims back first deletes the heartbeat: a
-paused instance that wakes up finds it gone and knows it must not write anything.
+An instance is named `<host>-<boot>-<pid namespace>-<pid>-<start>` where `start` is
+the process start time in clock ticks since boot (from /proc), so a reused pid is
+never taken for the instance that died; the PID namespace keeps two containers that
+share a hostname from judging each other's pids, and `boot` (the kernel's boot id)
+two machines that share a hostname (cloned VMs, hosts all named `localhost`): the
+initial PID namespace has the same inode number on every Linux machine. Its folder
+`processing/<instance>/` holds its claims and a hidden heartbeat file that it rewrites
+(a beat counter) every lease / 4. Another instance that takes the claims back first
+deletes the heartbeat: a paused instance that wakes up finds it gone and knows it must
+not write anything.
 
 No wall clock decides that an instance is dead (see `Liveness`): on this host its live
 process proves it alive whatever its heartbeat looks like; elsewhere, a checker must
@@ -70,16 +73,28 @@ def this_pid_namespace() -> int:
         return 0
 
 
+def this_boot() -> str:
+    """The first 8 hex digits of this machine's boot id: different on every machine
+    (and every boot), the same in every container of one."""
+    try:
+        raw = Path("/proc/sys/kernel/random/boot_id").read_text()
+    except OSError:
+        return "00000000"
+    digits = "".join(c for c in raw.lower() if c in "0123456789abcdef")
+    return (digits + "0" * 8)[:8]
+
+
 @dataclass(frozen=True)
 class InstanceId:
     host: str
+    boot: str
     namespace: int
     pid: int
     start: int
 
     @property
     def name(self) -> str:
-        return f"{self.host}-{self.namespace}-{self.pid}-{self.start}"
+        return f"{self.host}-{self.boot}-{self.namespace}-{self.pid}-{self.start}"
 
     @classmethod
     def current(cls) -> InstanceId:
@@ -90,20 +105,30 @@ class InstanceId:
         """The identity a process of this host and PID namespace has (or had)."""
         if start is None:
             start = process_start(pid) or 0
-        return cls(this_host(), this_pid_namespace(), pid, start)
+        return cls(this_host(), this_boot(), this_pid_namespace(), pid, start)
 
     @classmethod
     def parse(cls, name: str) -> InstanceId | None:
-        rest, _, start = name.rpartition("-")
-        rest, _, pid = rest.rpartition("-")
-        host, _, namespace = rest.rpartition("-")
-        if not (host and namespace.isdigit() and pid.isdigit() and start.isdigit()):
+        """The identity a folder name gives; None for any other name (a folder of an
+        older vvflow included: it is then judged by its heartbeat alone)."""
+        parts = name.split("-")
+        if len(parts) != 5:
             return None
-        return cls(host, int(namespace), int(pid), int(start))
+        host, boot, namespace, pid, start = parts
+        if not (host and len(boot) == 8 and all(c in "0123456789abcdef" for c in boot)):
+            return None
+        if not (namespace.isdigit() and pid.isdigit() and start.isdigit()):
+            return None
+        return cls(host, boot, int(namespace), int(pid), int(start))
 
     def is_local(self) -> bool:
-        """Whether its pid can be checked from here: same host, same PID namespace."""
-        return self.host == this_host() and self.namespace == this_pid_namespace()
+        """Whether its pid can be checked from here: same host, same machine and boot,
+        same PID namespace."""
+        return (
+            self.host == this_host()
+            and self.boot == this_boot()
+            and self.namespace == this_pid_namespace()
+        )
 
     def is_running_here(self) -> bool:
         """True when this instance is a live process on this host."""
