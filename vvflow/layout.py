@@ -281,8 +281,14 @@ class Layout:
         return reason
 
     def instance_folders(self) -> list[Path]:
+        """The instances' folders in processing/ (hidden names are scratch folders of
+        `doctor`, never an instance's)."""
         try:
-            return sorted(p for p in self.processing.iterdir() if p.is_dir() and not p.is_symlink())
+            return sorted(
+                p
+                for p in self.processing.iterdir()
+                if not p.name.startswith(".") and p.is_dir() and not p.is_symlink()
+            )
         except FileNotFoundError:
             return []
 
@@ -794,6 +800,9 @@ class Layout:
         """Delete an instance folder's hidden bookkeeping (work folders, move journal,
         heartbeat, health record, size markers) and the folder itself once no claim is
         left in it. Only for a dead instance, or one's own on the way out."""
+        # A move cut short holds a file under a private name in the journal: finish it
+        # (or give the file back to the folder, as a claim) before the journal goes.
+        atomicfs.repair_moves(folder / MOVES)
         for leftover in folder.glob(".*"):
             if leftover.is_dir() and not leftover.is_symlink():
                 shutil.rmtree(leftover, ignore_errors=True)

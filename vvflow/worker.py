@@ -170,14 +170,17 @@ class Worker:
         checks while a large index is rebuilt)."""
         output_dirs = {p.parent for p in self.pipeline.output_paths("x", "x").values()}
         self.layout.ensure(output_dirs)
-        caps = filesystem.probe(self.layout.processing)
+        self.lease.acquire()
+        # Probed in our own folder: a probe cut short by a crash is cleaned with it.
+        caps = filesystem.probe(self.lease.folder)
         if caps.problems:
+            self.lease.release()
+            self.layout.remove_instance_folder(self.lease.folder)
             raise LayoutError(
                 f"refusing to run on {self.layout.root}: {caps.describe()}: "
                 + "; ".join(caps.problems)
             )
         atomicfs.use_renameat2(caps.noreplace is True)
-        self.lease.acquire()
         try:
             # One intent slot per move that may run at once (each worker, a claim, a
             # recovery), so that filing never needs free space.
