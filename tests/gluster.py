@@ -85,6 +85,18 @@ class GlusterVolume:
         """The `gluster` CLI (`--mode=script`) talking to this volume's glusterd."""
         return _run(self.in_server(["gluster", "--mode=script", *args]), timeout=timeout)
 
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by the live processes of the volume (glusterd, bricks,
+        FUSE clients): what the storage costs this machine."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for pid in _in_namespace(_netns(self.holder)):
+            with contextlib.suppress(OSError):
+                raw = Path(f"/proc/{pid}/stat").read_bytes()
+                fields = raw[raw.rfind(b")") + 2 :].split()
+                total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / ticks
+
     def logs(self) -> str:
         """The tails of glusterd's, the bricks' and the clients' logs, for a failure."""
         out = []

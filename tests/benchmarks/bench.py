@@ -39,6 +39,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # run as a script: make `tests.*` importable
     sys.path.insert(0, str(REPO))
 
+from tests import gluster  # noqa: E402
 from tests.benchmarks import seed  # noqa: E402
 from tests.media import make_video  # noqa: E402
 
@@ -71,6 +72,11 @@ int main(int argc, char **argv) {
 }
 """
 NOOP_PY = 'import sys\nwith open(sys.argv[-1], "w") as f:\n    f.write("{}\\n")\n'
+# A stage that waits (as one calling a model server would), then writes its {output}.
+WAIT_PY = (
+    'import sys, time\ntime.sleep(float(sys.argv[1]))\nwith open(sys.argv[-1], "w") as f:\n'
+    '    f.write("{}\\n")\n'
+)
 
 
 @dataclass(frozen=True)
@@ -88,10 +94,11 @@ class Mode:
     drops_inotify: int
     drops_polling: int
     scan_repeats: int
+    shared_videos: int
 
 
-QUICK = Mode("quick", 20, 50, 3, 100_000, 5, 40, 2, 15, 8, 3)
-FULL = Mode("full", 100, 50, 3, 100_000, 9, 200, 3, 100, 40, 7)
+QUICK = Mode("quick", 20, 50, 3, 100_000, 5, 40, 2, 15, 8, 3, 40)
+FULL = Mode("full", 100, 50, 3, 100_000, 9, 200, 3, 100, 40, 7, 100)
 
 
 @dataclass(frozen=True)
@@ -114,6 +121,29 @@ def lower_is_better(name: str, vvflow: float, baseline: float, unit: str, note: 
 def higher_is_better(name: str, vvflow: float, baseline: float, unit: str, note: str) -> Result:
     ratio = vvflow / baseline if baseline else float("inf")
     return Result(name, vvflow, baseline, ratio, unit, note)
+
+
+SHARED_WORKERS = 4
+SHARED_STAGE_SECONDS = 0.2
+
+
+@dataclass(frozen=True)
+class SharedRun:
+    """One run of the shared-storage rows: throughput and each video's claim-to-first-
+    stage latency."""
+
+    videos_per_second: float
+    latencies_ms: list[float]
+    cpu_busy: float  # share of the machine's CPU time busy while it ran (all processes)
+    cpu_vvflow: float  # CPU seconds of the instances and their stages
+    cpu_storage: float  # CPU seconds of glusterd, the bricks and the FUSE clients
+
+
+def cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs, from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
 
 
 def say(message: str) -> None:
@@ -298,6 +328,7 @@ class Bench:
         self.work = work
         self.video_cache = video_cache
         self.results: list[Result] = []
+        self.skipped: dict[str, str] = {}
         self.noop = self._build_noop()
 
     # -- tools -------------------------------------------------------------------------
@@ -723,6 +754,132 @@ class Bench:
             )
         )
 
+    # -- shared storage: GlusterFS (tests/gluster.py) ---------------------------------
+
+    def gluster_rows(self) -> None:
+        """Two instances on two clients of one GlusterFS volume against one instance, and
+        the claim-to-first-stage latency there against the local disk."""
+        names = ("gluster_two_instances_throughput", "gluster_claim_to_first_stage")
+        reason = gluster.skip_reason()
+        if reason is not None:
+            self.skip(names, reason)
+            return
+        count = self.mode.shared_videos
+        try:
+            with gluster.gluster_volume(self.work / "gluster") as volume:
+                say(
+                    f"gluster rows: volume up in {volume.setup_seconds:.1f} s; {count} videos "
+                    "through one instance, then two"
+                )
+                one = self._waiting_run("gluster-one", [volume.mounts[0]], volume)
+                two = self._waiting_run("gluster-two", list(volume.mounts), volume)
+        except gluster.Unavailable as exc:
+            self.skip(names, str(exc))
+            return
+        say(f"gluster rows: {count} videos through one instance on the local disk")
+        local = self._waiting_run("local-one", [self.work])
+        stages = f"2 stages that wait {SHARED_STAGE_SECONDS:g} s each (a Python script)"
+        self.results.append(
+            higher_is_better(
+                "gluster_two_instances_throughput",
+                two.videos_per_second,
+                one.videos_per_second,
+                "videos/s",
+                f"{count} videos, {stages}, workers = {SHARED_WORKERS}, first claim to last "
+                "completion: two `vvflow run` on two FUSE clients of a 2-brick GlusterFS "
+                "volume (served from this machine, in its own network namespace) vs one; "
+                f"CPUs busy {one.cpu_busy:.0%} and {two.cpu_busy:.0%} (everything running), "
+                f"CPU seconds vvflow + stages {one.cpu_vvflow:.1f} and {two.cpu_vvflow:.1f}, "
+                f"GlusterFS {one.cpu_storage:.1f} and {two.cpu_storage:.1f}; at most "
+                f"{SHARED_WORKERS / (2 * SHARED_STAGE_SECONDS):g}/s per instance; one "
+                f"instance on the local disk: {local.videos_per_second:.2f}/s; goal >= 1.7x",
+            )
+        )
+        self.results.append(
+            lower_is_better(
+                "gluster_claim_to_first_stage",
+                percentile(one.latencies_ms, 0.5),
+                percentile(local.latencies_ms, 0.5),
+                "ms",
+                f"p50 of {len(one.latencies_ms)}, the `claimed` to the first `stage_started` "
+                f"log line of a video, one instance on GlusterFS vs on the local disk "
+                f"(p95 {percentile(one.latencies_ms, 0.95):.0f} vs "
+                f"{percentile(local.latencies_ms, 0.95):.0f} ms; two instances on GlusterFS: "
+                f"p50 {percentile(two.latencies_ms, 0.5):.0f} ms); {stages}",
+            )
+        )
+
+    def skip(self, names: tuple[str, ...], reason: str) -> None:
+        say(f"SKIPPED {', '.join(names)}: {reason}")
+        for name in names:
+            self.skipped[name] = reason
+
+    def _waiting_run(
+        self, name: str, mounts: list[Path], volume: gluster.GlusterVolume | None = None
+    ) -> SharedRun:
+        """`shared_videos` videos through one `vvflow run` per mount, all on the root
+        `name` (one folder seen through each mount), stages that wait."""
+        count = self.mode.shared_videos
+        roots = [mount / name for mount in mounts]
+        pending = roots[0] / "input" / "pending"
+        pending.mkdir(parents=True)
+        script = self.work / "wait.py"
+        script.write_text(WAIT_PY)
+        lines = [f"stable_seconds = 0\nworkers = {SHARED_WORKERS}\nrescan_seconds = 1"]
+        for number in (1, 2):
+            command = [sys.executable, "-S", str(script), str(SHARED_STAGE_SECONDS), "{output}"]
+            lines += [
+                "",
+                "[[stages]]",
+                f'name = "wait{number}"',
+                f"command = {toml_value(command)}",
+                f'output = "wait{number}/{{stem}}.json"',
+                "attempts = 1",
+            ]
+        (roots[0] / "vvflow.toml").write_text("\n".join(lines) + "\n")
+        outside = roots[0] / "drops"  # on the same filesystem: each drop is one rename
+        fill_folder(outside, count, size=1024, same_size=False)
+        storage_before = volume.cpu_seconds() if volume else 0.0
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        vvflow_before = usage.ru_utime + usage.ru_stime
+        daemons = [Daemon(root) for root in roots]
+        records: list[tuple[int, dict[str, Any]]] = []
+        try:
+            for daemon in daemons:
+                daemon.wait_for("watching", 60)
+            cpu_before = cpu_times()
+            for path in sorted(outside.iterdir()):
+                os.rename(path, pending / path.name)
+            deadline = time.monotonic() + 600
+            while sum(r["event"] == "completed" for _, r in records) < count:
+                if time.monotonic() > deadline or any(d.proc.poll() is not None for d in daemons):
+                    raise RuntimeError(f"{name}: {len(records)} log lines, not all completed")
+                for number, daemon in enumerate(daemons):
+                    with contextlib.suppress(queue.Empty):
+                        while True:
+                            records.append((number, daemon.events.get_nowait()))
+                time.sleep(0.05)
+            cpu_after = cpu_times()
+        finally:
+            for daemon in daemons:
+                daemon.stop()
+        first = min(log_time(r["ts"]) for _, r in records if r["event"] == "claimed")
+        last = max(log_time(r["ts"]) for _, r in records if r["event"] == "completed")
+        claimed = {
+            (n, r["video"]): log_time(r["ts"]) for n, r in records if r["event"] == "claimed"
+        }
+        started: dict[tuple[int, str], float] = {}
+        for n, r in records:
+            if r["event"] == "stage_started":
+                started.setdefault((n, r["video"]), log_time(r["ts"]))
+        latencies = [(started[key] - at) * 1000 for key, at in claimed.items() if key in started]
+        shutil.rmtree(roots[0])
+        busy = (cpu_after[0] - cpu_before[0]) / max(cpu_after[1] - cpu_before[1], 1)
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        vvflow_cpu = usage.ru_utime + usage.ru_stime - vvflow_before
+        storage_cpu = volume.cpu_seconds() - storage_before if volume else 0.0
+        return SharedRun(count / max(last - first, 1e-3), latencies, busy, vvflow_cpu, storage_cpu)
+
     def idle_rss_mb(self, history: Path) -> None:
         say("idle_rss_mb: idle, with 100,000 pending, and a bare interpreter")
         # stable_seconds so long that nothing is ever claimed: the daemon tracks every
@@ -840,6 +997,8 @@ ORDER = (
     "idle_rss_mb_100k_pending",
     "dedupe_lookup_100k",
     "dedupe_lookup_same_size",
+    "gluster_two_instances_throughput",
+    "gluster_claim_to_first_stage",
 )
 
 
@@ -864,6 +1023,8 @@ def measure(bench: Bench, only: set[str] | None) -> None:
         bench.dedupe_lookup_100k()
     if wanted("dedupe_lookup_same_size"):
         bench.dedupe_lookup_same_size()
+    if wanted("gluster_two_instances_throughput", "gluster_claim_to_first_stage"):
+        bench.gluster_rows()
 
 
 def _figure(value: float) -> str:
@@ -932,8 +1093,13 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - started
     sys.stdout.write(f"vvflow benchmarks, {mode.name} mode, {elapsed:.0f} s; {machine()}\n\n")
     sys.stdout.write(markdown(bench.results) + "\n")
+    for name, reason in bench.skipped.items():
+        sys.stdout.write(f"\nSKIPPED {name}: {reason}\n")
     if args.json is not None:
-        document = {"results": [asdict(r) for r in in_order(bench.results)]}
+        document = {
+            "results": [asdict(r) for r in in_order(bench.results)],
+            "skipped": bench.skipped,
+        }
         args.json.write_text(json.dumps(document, indent=2) + "\n")
     return 0
 
