@@ -512,8 +512,8 @@ class Worker:
         self._add_warnings(name, [warning])
 
     def _add_warnings(self, name: str, warnings: list[str]) -> None:
-        if not warnings:
-            return
+        if not warnings or not self.lease.held():
+            return  # nothing to add, or nothing more this instance may write
         rpath = self.layout.report_path(name)
         rep = report.load(rpath)
         if rep is None:
@@ -643,6 +643,11 @@ class Worker:
             rep = self.layout.history(claim, self.journal, self.lease.folder)
         except OSError as exc:
             error = f"cannot look up the history of {claim.name!r}: {exc.strerror}"
+            if not self.lease.held():
+                # Taken over meanwhile (the lookup writes into our folder, gone with it).
+                logs.event(Event.LEASE_LOST, level=logging.WARNING, video=claim.name,
+                           error=f"the lease of {self.id.name} was taken over")  # fmt: skip
+                return None
             if is_storage_error(exc):
                 lookup_failed = StorageFailed(error)  # back to pending/, history kept
             else:
