@@ -310,7 +310,11 @@ class Pipeline:
                     error=error,
                 )
             )
-            save()
+            if outcome != "succeeded":
+                # A success is saved with the stage's result right after its output is
+                # published (one report write less per stage: each costs a rename on
+                # the file server of a network filesystem).
+                save()
 
         token = uuid.uuid4().hex
         env[RUN_TOKEN] = token

@@ -710,7 +710,9 @@ class Worker:
             if lookup_failed is not None:
                 raise lookup_failed
             workspace.mkdir(parents=True, exist_ok=True)
-            save()
+            # No report write here: the first stage's `running` write follows at once
+            # (each write is a rename on the file server of a network filesystem), and
+            # the claim itself is the record that this video runs.
             if refuse is not None:
                 rep.error = refuse
             else:
@@ -861,6 +863,7 @@ class Worker:
                     return None, marker
                 if waiting_since is None:
                     waiting_since = time.monotonic()
+                    save()
                     logs.event(Event.WAITING_FOR_ORIGINAL, video=claim.name, size=size)
                 if self.cancel.wait(0.2):
                     raise Cancelled("shutdown requested while waiting for the original")
