@@ -11,7 +11,9 @@ test needs and nothing on the machine's own network or state:
   under `workdir` are bind-mounted over /run, /var/lib/glusterd and /var/log/glusterfs:
   the host's glusterd state is neither read nor written, and parallel runs (each with
   its own namespace and port 24007) never meet;
-- a two-brick distributed volume (bricks under `workdir`, `force`), started;
+- a two-brick distributed volume, started; the bricks are on a tmpfs mounted in that
+  private mount namespace (it vanishes with it: no brick's 65,536-folder .glusterfs
+  tree to delete), `force` since they are not on a partition of their own;
 - the volume mounted twice with the `glusterfs` FUSE client, each client a process
   of its own with its own caches; the clients run in the network namespace (to reach
   ADDRESS) but in the host's mount namespace, so the mounts are visible to the test
@@ -209,7 +211,7 @@ def gluster_volume(
     (with the logs) where glusterd or a client fails."""
     started = time.monotonic()
     workdir.mkdir(parents=True, exist_ok=True)
-    for sub in ("run/gluster", "lib", "log", "brick1", "brick2", "mnt1", "mnt2"):
+    for sub in ("run/gluster", "lib", "log", "bricks", "mnt1", "mnt2"):
         (workdir / sub).mkdir(parents=True, exist_ok=True)
     (workdir / "glusterd.vol").write_text(_GLUSTERD_VOL)
     with contextlib.ExitStack() as stack:
@@ -245,6 +247,13 @@ def gluster_volume(
                 _run(volume.in_server(["mount", "--bind", str(workdir / host_dir), private])),
                 f"bind-mount over {private}",
             )
+        bricks = [workdir / "bricks" / name for name in ("brick1", "brick2")]
+        _check(
+            _run(volume.in_server(["mount", "-t", "tmpfs", "-o", "size=1g", "vvtest-bricks",
+                                   str(workdir / "bricks")])),
+            "mount a tmpfs for the bricks",
+        )  # fmt: skip
+        _check(_run(volume.in_server(["mkdir", *map(str, bricks)])), "mkdir the bricks")
         # The address must exist before glusterd starts: it takes its own addresses
         # once, and a brick on an address it did not see is "not in 'Peer in Cluster'".
         glusterd_out = stack.enter_context((workdir / "glusterd.out").open("wb"))
@@ -263,8 +272,8 @@ def gluster_volume(
             )
             if glusterd.poll() is not None:
                 raise RuntimeError(f"glusterd exited with {glusterd.returncode}")
-            bricks = [f"{ADDRESS}:{workdir / b}" for b in ("brick1", "brick2")]
-            _check(volume.gluster("volume", "create", VOLUME, *bricks, "force"), "volume create")
+            spec = [f"{ADDRESS}:{brick}" for brick in bricks]
+            _check(volume.gluster("volume", "create", VOLUME, *spec, "force"), "volume create")
             _check(volume.gluster("volume", "start", VOLUME), "volume start")
             stack.callback(volume.gluster, "volume", "stop", VOLUME, "force")
             for number, mountpoint in enumerate(mounts, 1):
