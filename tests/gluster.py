@@ -35,6 +35,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,7 @@ class GlusterVolume:
     workdir: Path
     holder: int  # pid of the process that holds the network namespace
     setup_seconds: float
+    _profiling: bool = False
 
     def in_netns(self, argv: list[str]) -> list[str]:
         """`argv` run in the volume's network namespace (and the host's mounts)."""
@@ -98,6 +100,22 @@ class GlusterVolume:
                 fields = raw[raw.rfind(b")") + 2 :].split()
                 total += int(fields[11]) + int(fields[12])  # utime, stime
         return total / ticks
+
+    def profile(self) -> Counter[str]:
+        """Calls per file operation (LOOKUP, RENAME, ...) summed over the bricks since the
+        last call, from `gluster volume profile` (started at the first call)."""
+        if not self._profiling:
+            _check(self.gluster("volume", "profile", VOLUME, "start"), "volume profile start")
+            self._profiling = True
+        out = self.gluster("volume", "profile", VOLUME, "info", "incremental")
+        _check(out, "volume profile info")
+        calls: Counter[str] = Counter()
+        for line in out.stdout.splitlines():
+            words = line.split()
+            # %-latency, avg, min, max latency (each with its unit), calls, fop
+            if len(words) >= 6 and words[-1].isupper() and words[-2].isdigit():
+                calls[words[-1]] += int(words[-2])
+        return calls
 
     def logs(self) -> str:
         """The tails of glusterd's, the bricks' and the clients' logs, for a failure."""

@@ -137,6 +137,7 @@ class SharedRun:
     cpu_busy: float  # share of the machine's CPU time busy while it ran (all processes)
     cpu_vvflow: float  # CPU seconds of the instances and their stages
     cpu_storage: float  # CPU seconds of glusterd, the bricks and the FUSE clients
+    operations: dict[str, int]  # calls per file operation at the bricks (GlusterFS only)
 
 
 def cpu_times() -> tuple[int, int]:
@@ -779,6 +780,12 @@ class Bench:
         say(f"gluster rows: {count} videos through one instance on the local disk")
         local = self._waiting_run("local-one", [self.work])
         stages = f"2 stages that wait {SHARED_STAGE_SECONDS:g} s each (a Python script)"
+
+        def per_video(run: SharedRun) -> str:
+            top = sorted(run.operations.items(), key=lambda item: -item[1])[:3]
+            each = ", ".join(f"{op} {calls / count:.0f}" for op, calls in top)
+            return f"{sum(run.operations.values()) / count:.0f} ({each})"
+
         self.results.append(
             higher_is_better(
                 "gluster_two_instances_throughput",
@@ -790,7 +797,8 @@ class Bench:
                 "volume (served from this machine, in its own network namespace) vs one; "
                 f"CPUs busy {one.cpu_busy:.0%} and {two.cpu_busy:.0%} (everything running), "
                 f"CPU seconds vvflow + stages {one.cpu_vvflow:.1f} and {two.cpu_vvflow:.1f}, "
-                f"GlusterFS {one.cpu_storage:.1f} and {two.cpu_storage:.1f}; at most "
+                f"GlusterFS {one.cpu_storage:.1f} and {two.cpu_storage:.1f}; operations at "
+                f"the bricks per video {per_video(one)} and {per_video(two)}; at most "
                 f"{SHARED_WORKERS / (2 * SHARED_STAGE_SECONDS):g}/s per instance; one "
                 f"instance on the local disk: {local.videos_per_second:.2f}/s; goal >= 1.7x",
             )
@@ -848,6 +856,8 @@ class Bench:
             for daemon in daemons:
                 daemon.wait_for("watching", 60)
             cpu_before = cpu_times()
+            if volume is not None:
+                volume.profile()  # from here on
             for path in sorted(outside.iterdir()):
                 os.rename(path, pending / path.name)
             deadline = time.monotonic() + 600
@@ -860,6 +870,7 @@ class Bench:
                             records.append((number, daemon.events.get_nowait()))
                 time.sleep(0.05)
             cpu_after = cpu_times()
+            operations = dict(volume.profile()) if volume is not None else {}
         finally:
             for daemon in daemons:
                 daemon.stop()
@@ -878,7 +889,9 @@ class Bench:
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         vvflow_cpu = usage.ru_utime + usage.ru_stime - vvflow_before
         storage_cpu = volume.cpu_seconds() - storage_before if volume else 0.0
-        return SharedRun(count / max(last - first, 1e-3), latencies, busy, vvflow_cpu, storage_cpu)
+        return SharedRun(
+            count / max(last - first, 1e-3), latencies, busy, vvflow_cpu, storage_cpu, operations
+        )
 
     def idle_rss_mb(self, history: Path) -> None:
         say("idle_rss_mb: idle, with 100,000 pending, and a bare interpreter")
