@@ -326,9 +326,19 @@ def double_move(path: Path, before: int, after: int) -> None:
     )
 
 
+#: How often a link refused with EEXIST is tried again while no lookup finds the name.
+PHANTOM_RETRIES = 5
+
+
 def _link_first_free(staged: Path, dst: Path, targets: Iterator[Path]) -> Path:
     """Link `staged` to `dst` or the first free name after it; a target that already is
-    this very file (a repairer finished the move) counts as done."""
+    this very file (a repairer finished the move) counts as done.
+
+    A name that link calls taken but no lookup finds is tried again a few times before
+    the next name: GlusterFS's distribute layer can keep a stale pointer file (a DHT
+    "linkto") under a name whose file was renamed away by another client; link sees
+    it, a lookup removes it. Without this a video came back as `<stem>-2`."""
+    phantom = 0
     while True:
         try:
             os.link(staged, dst, follow_symlinks=False)
@@ -336,6 +346,11 @@ def _link_first_free(staged: Path, dst: Path, targets: Iterator[Path]) -> Path:
         except FileExistsError:
             if _same(staged, dst):
                 return dst
+            if not os.path.lexists(dst) and phantom < PHANTOM_RETRIES:
+                phantom += 1
+                time.sleep(0.05 * phantom)
+                continue
+            phantom = 0
             dst = _next_target(targets, dst)
 
 
