@@ -553,15 +553,14 @@ class Layout:
 
     def _names_in(self, folder: Path, name: str) -> Iterator[Path]:
         """`folder/name`, then `<stem>-N<ext>` for N = 2, 3, ...: the names a move into
-        a shared folder tries in order, skipping those seen taken (the move itself
-        never overwrites one that is taken meanwhile)."""
+        a shared folder tries in order. The move itself finds out which are taken (and
+        never overwrites one): a look here first could be a client's stale cache."""
         stem, ext = split_name(name)
-        candidate, number = name, 1
+        yield folder / name
+        number = 2
         while True:
-            if not os.path.lexists(folder / candidate):
-                yield folder / candidate
+            yield folder / _fit(stem, f"-{number}", ext)
             number += 1
-            candidate = _fit(stem, f"-{number}", ext)
 
     # -- moves ---------------------------------------------------------------------
 
