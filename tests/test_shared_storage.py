@@ -254,3 +254,67 @@ def test_an_instance_of_another_machine_with_this_hostname_keeps_its_claims(
     for number, folder in enumerate(folders):
         assert (folder / f"held{number}.mp4").exists(), proc.stderr[-3000:]
     assert stage_log(root) == []
+
+
+#: A network filesystem whose client cannot see, for a moment or for longer, a file it
+#: has just renamed to its private name (what GlusterFS did to recovered videos): an
+#: audit hook makes every link of a private name fail with ENOENT while a flag file
+#: exists. The move must wait it out, or keep the file safe and finish later; never
+#: report the source as taken by another mover, never lose it.
+_INVISIBLE = r"""
+import os, sys, time
+from pathlib import Path
+root = Path(sys.argv[1])
+flag = root / "invisible"
+
+def hook(event, args):
+    if event == "os.link" and str(args[0]).endswith(".staged") and os.path.exists(flag):
+        raise FileNotFoundError(2, "No such file or directory", str(args[0]))
+
+sys.addaudithook(hook)
+os.environ["VVFLOW_RENAME"] = "link"
+from vvflow import atomicfs
+
+(root / "j").mkdir()
+(root / "src").mkdir()
+(root / "dst").mkdir()
+# 1. invisible for 0.4 s: the move waits and completes
+a = root / "src" / "a.mp4"
+a.write_bytes(b"a")
+flag.touch()
+import threading
+threading.Timer(0.4, flag.unlink).start()
+got = atomicfs.move(a, iter([root / "dst" / "a.mp4"]), journal=root / "j")
+print("moved", got.name, (root / "dst" / "a.mp4").read_bytes() == b"a")
+# 2. invisible for longer than the move waits: stranded, then finished later
+b = root / "src" / "b.mp4"
+b.write_bytes(b"b")
+flag.touch()
+try:
+    atomicfs.move(b, iter([root / "dst" / "b.mp4"]), journal=root / "j")
+except FileNotFoundError:
+    print("WRONG: reported as taken by another mover")
+except atomicfs.MoveStranded:
+    print("stranded", sorted(p.name.endswith(".staged") for p in (root / "j").iterdir()))
+flag.unlink()
+print("finished", atomicfs.retry_stranded(), (root / "dst" / "b.mp4").read_bytes() == b"b")
+print("left", sorted(p.name for p in (root / "j").glob("*.staged")))
+"""
+
+
+def test_a_move_whose_private_name_is_invisible_waits_or_finishes_later(
+    tmp_path: Path,
+) -> None:
+    script = tmp_path / "invisible.py"
+    script.write_text(_INVISIBLE)
+    work = tmp_path / "w"
+    work.mkdir()
+    proc = subprocess.run([sys.executable, str(script), str(work)], capture_output=True,
+                          text=True, env=clean_env({"PYTHONPATH": os.getcwd()}), timeout=60,
+                          check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "moved a.mp4 True", proc.stdout
+    assert lines[1].startswith("stranded") and "True" in lines[1], proc.stdout
+    assert lines[2] == "finished 1 True", proc.stdout
+    assert lines[3] == "left []", proc.stdout

@@ -41,8 +41,9 @@ import stat
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from vvflow import logs
 from vvflow.events import Event
@@ -84,6 +85,8 @@ _slots_lock = threading.Lock()
 #: Slots a move of this process is using now.
 _busy_slots: set[Path] = set()
 
+
+_T = TypeVar("_T")
 
 #: How long `makedirs` waits for a folder another client created to become visible.
 MKDIR_SETTLE_SECONDS = 10.0
@@ -261,6 +264,35 @@ def _release_slot(slot: Path, *, clear: bool = True) -> None:
 STAGED_SUFFIX = ".staged"
 
 
+#: How long a file just renamed to its private name may stay invisible to this client
+#: (GlusterFS's entry and attribute caches: 1 s by default) before the move gives up.
+SETTLE_SECONDS = 3.0
+#: Intent slots of moves stranded under their private name, retried by `retry_stranded`.
+_stranded: dict[Path, Path] = {}
+
+
+class MoveStranded(OSError):
+    """A move got the file under its private name and could neither finish nor undo
+    it: the intent record stays, and `retry_stranded` (or `repair_moves`) finishes it.
+    Never a FileNotFoundError: the source was not taken by another mover."""
+
+
+def _settled(call: Callable[[], _T]) -> _T:
+    """`call()`, tried again for a few seconds while it fails with ENOENT: a name this
+    client just renamed into place can be missing from its own lookups for a moment on
+    a network filesystem."""
+    deadline = time.monotonic() + SETTLE_SECONDS
+    pause = 0.05
+    while True:
+        try:
+            return call()
+        except FileNotFoundError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.5)
+
+
 def _staged_move(src: Path, dst: Path, targets: Iterator[Path], journal: Path) -> Path:
     """The move of filesystems without RENAME_NOREPLACE: see the module's docstring."""
     # Never `parents=True`: the journal's parent is an instance folder, and recreating
@@ -279,36 +311,72 @@ def _staged_move(src: Path, dst: Path, targets: Iterator[Path], journal: Path) -
     try:
         os.rename(src, staged)  # the one step that is exclusive on the source
         try:
-            links = os.lstat(staged).st_nlink
-            dst = _link_first_free(staged, dst, targets)
+            links = _settled(lambda: os.lstat(staged)).st_nlink
+            first = dst
+            dst = _settled(lambda: _link_first_free(staged, first, targets))
             fsync_dir(dst.parent)
         except FileExistsError:
             # Every target is taken: back under its own name (or beside it).
-            _link_first_free(staged, src, _variants(src))
+            _settled(lambda: _link_first_free(staged, src, _variants(src)))
             os.unlink(staged)
             raise
-        except BaseException:
+        except BaseException as exc:
             # A storage error (no space for the new name, I/O): put it back where it
-            # was; failing that, the record stays for `repair_moves`.
+            # was; failing that, the record stays and the move is finished later.
             try:
-                _link_first_free(staged, src, _variants(src))
+                _settled(lambda: _link_first_free(staged, src, _variants(src)))
                 os.unlink(staged)
             except OSError:
                 keep_record = True
+                if slot is not None:
+                    _stranded[slot] = journal
+                else:
+                    _stranded[intent] = journal
+                raise MoveStranded(
+                    exc.errno if isinstance(exc, OSError) and exc.errno else errno.EIO,
+                    f"moving {src} to {dst} stopped with the file under {staged}; "
+                    "it is finished later",
+                ) from exc
             raise
-        os.unlink(staged)
-        after = os.lstat(dst).st_nlink
-        if after > links:
-            double_move(dst, links, after)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(staged)
+        with contextlib.suppress(FileNotFoundError):
+            after = _settled(lambda: os.lstat(dst)).st_nlink
+            if after > links:
+                double_move(dst, links, after)
         return dst
     finally:
         if keep_record:
-            pass  # the slot stays busy and written: repaired at the next start
+            pass  # the record stays: `retry_stranded` or `repair_moves` finishes it
         elif slot is not None:
             _release_slot(slot)
         else:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(intent)
+
+
+def retry_stranded() -> int:
+    """Finish the moves of this process that stopped with their file under its private
+    name (`MoveStranded`); returns how many were finished."""
+    done = 0
+    for record_path, _journal in list(_stranded.items()):
+        try:
+            raw = record_path.read_bytes().rstrip(b"\0")
+            record = json.loads(raw)
+            src = Path(os.fsdecode(bytes.fromhex(record["src"])))
+            dst = Path(os.fsdecode(bytes.fromhex(record["dst"])))
+            staged = Path(os.fsdecode(bytes.fromhex(record["staged"])))
+            _finish_move(src, dst, staged)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        del _stranded[record_path]
+        if record_path.name.startswith(_SLOT_PREFIX):
+            _release_slot(record_path)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(record_path)
+        done += 1
+    return done
 
 
 def double_move(path: Path, before: int, after: int) -> None:

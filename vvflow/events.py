@@ -11,6 +11,7 @@ class Event(StrEnum):
     GRACE_OVER = "grace_over"
     STOPPED = "stopped"
     RECOVERED = "recovered"
+    MOVES_FINISHED = "moves_finished"
     WATCHING_INSTANCES = "watching_instances"
     IGNORED = "ignored"
     BLOCKED = "blocked"

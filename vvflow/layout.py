@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import stat
@@ -553,14 +554,15 @@ class Layout:
 
     def _names_in(self, folder: Path, name: str) -> Iterator[Path]:
         """`folder/name`, then `<stem>-N<ext>` for N = 2, 3, ...: the names a move into
-        a shared folder tries in order. The move itself finds out which are taken (and
-        never overwrites one): a look here first could be a client's stale cache."""
+        a shared folder tries in order, skipping those seen taken (the move itself
+        never overwrites one that is taken meanwhile)."""
         stem, ext = split_name(name)
-        yield folder / name
-        number = 2
+        candidate, number = name, 1
         while True:
-            yield folder / _fit(stem, f"-{number}", ext)
+            if not os.path.lexists(folder / candidate):
+                yield folder / candidate
             number += 1
+            candidate = _fit(stem, f"-{number}", ext)
 
     # -- moves ---------------------------------------------------------------------
 
@@ -786,6 +788,11 @@ class Layout:
                 identity = report.Identity.of(os.lstat(path))
                 dest = self._move(path, self.pending, path.name, journal)
             except FileNotFoundError:
+                continue  # another recoverer took it
+            except atomicfs.MoveStranded as exc:
+                # Under our private name now: finished by our next pass (retry_stranded).
+                logs.event(Event.FILING_DEFERRED, level=logging.WARNING, video=path.name,
+                           state=State.PENDING.value, error=str(exc))  # fmt: skip
                 continue
             returned.append(dest)
             if dest.name != path.name:  # a new file of that name came meanwhile

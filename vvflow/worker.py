@@ -223,6 +223,9 @@ class Worker:
         cannot see run or die (another host's, a stopped one) is dead only after calls
         a lease apart found its heartbeat unchanged."""
         total: list[str] = []
+        finished = atomicfs.retry_stranded()
+        if finished:
+            logs.event(Event.MOVES_FINISHED, moves=finished)
         folders = [f for f in self.layout.instance_folders() if f != self.lease.folder]
         self.liveness.keep_only(folders)
         dead = [folder for folder in folders if self.liveness.is_dead(folder)]
