@@ -394,7 +394,8 @@ def double_move(path: Path, before: int, after: int) -> None:
     )
 
 
-#: How often a link refused with EEXIST is tried again while no lookup finds the name.
+#: How often a link refused with EEXIST is tried again while the name looks free or
+#: looks like the moving file itself (0.1 + 0.2 + ... + 0.5 s: past a 1 s cache).
 PHANTOM_RETRIES = 5
 
 
@@ -402,21 +403,25 @@ def _link_first_free(staged: Path, dst: Path, targets: Iterator[Path]) -> Path:
     """Link `staged` to `dst` or the first free name after it; a target that already is
     this very file (a repairer finished the move) counts as done.
 
-    A name that link calls taken but no lookup finds is tried again a few times before
-    the next name: GlusterFS's distribute layer can keep a stale pointer file (a DHT
-    "linkto") under a name whose file was renamed away by another client; link sees
-    it, a lookup removes it. Without this a video came back as `<stem>-2`."""
+    A network client's cache can be stale for about a second: a name that link calls
+    taken may be a stale GlusterFS distribute pointer no lookup finds, or this very
+    file's old entry still cached by this client (the file was there before another
+    client moved it away). Neither is believed: "this very file" only when the file
+    really has a second name (its link count says so), and a name that looks free or
+    looks like ours is tried again after the cache has expired before the next name.
+    Believing a stale entry of ours once unlinked the last name of a video."""
     phantom = 0
     while True:
         try:
             os.link(staged, dst, follow_symlinks=False)
             return dst
         except FileExistsError:
-            if _same(staged, dst):
+            ours = _same(staged, dst)
+            if ours and os.lstat(staged).st_nlink >= 2:
                 return dst
-            if not os.path.lexists(dst) and phantom < PHANTOM_RETRIES:
+            if (ours or not os.path.lexists(dst)) and phantom < PHANTOM_RETRIES:
                 phantom += 1
-                time.sleep(0.05 * phantom)
+                time.sleep(0.1 * phantom)
                 continue
             phantom = 0
             dst = _next_target(targets, dst)

@@ -552,14 +552,20 @@ class Layout:
             self.remember_file(new, identity, tmp_dir)
         return rep
 
-    def _names_in(self, folder: Path, name: str) -> Iterator[Path]:
+    def _names_in(self, folder: Path, name: str, inode: int | None = None) -> Iterator[Path]:
         """`folder/name`, then `<stem>-N<ext>` for N = 2, 3, ...: the names a move into
-        a shared folder tries in order, skipping those seen taken (the move itself
-        never overwrites one that is taken meanwhile)."""
+        a shared folder tries in order, skipping those seen taken by another file (the
+        move itself never overwrites one that is taken meanwhile). A name that looks
+        like the moving file `inode` itself is tried: on a network filesystem it is
+        likely this client's stale view of where the file was before."""
         stem, ext = split_name(name)
         candidate, number = name, 1
         while True:
-            if not os.path.lexists(folder / candidate):
+            try:
+                taken = os.lstat(folder / candidate).st_ino != inode
+            except FileNotFoundError:
+                taken = False
+            if not taken:
                 yield folder / candidate
             number += 1
             candidate = _fit(stem, f"-{number}", ext)
@@ -571,7 +577,11 @@ class Layout:
         if folder.is_symlink():
             # Swapped in while running: following it would move the video out of the root.
             raise LayoutError(f"{folder} has become a symlink; not moving {name!r} into it")
-        return atomicfs.move(src, self._names_in(folder, name), journal=journal)
+        try:
+            inode: int | None = os.lstat(src).st_ino
+        except FileNotFoundError:
+            inode = None
+        return atomicfs.move(src, self._names_in(folder, name, inode), journal=journal)
 
     def claim(self, candidate: Candidate, lease_folder: Path) -> Claim | None:
         """Rename a stable candidate into `lease_folder`; None when it changed or another
