@@ -7,6 +7,7 @@ sits in is its state; reports only say why.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -389,7 +390,11 @@ class Layout:
                             and Path(entry.path) != mine
                         ):
                             return True
-            except FileNotFoundError:
+            except OSError as exc:
+                # Gone meanwhile (recovered); ESTALE: a network client's handle of a
+                # folder another client deleted.
+                if exc.errno not in (errno.ENOENT, errno.ESTALE):
+                    raise
                 continue
         candidate = stem + ext
         return any(self._name_blocks(n, candidate, identity) for n in self._names_of_stem(folded))
@@ -615,11 +620,17 @@ class Layout:
                     if key is None:
                         return None
                     raise Blocked(self._blocked_reason(src, exc), key) from None
+                except OSError as exc:
+                    if exc.errno == errno.ESTALE:
+                        return None  # our folder was deleted by a takeover (network fs)
+                    raise
                 break
         try:
             after = os.lstat(dst)
-        except FileNotFoundError:
-            return None  # taken back already: this instance was frozen and lost its lease
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ESTALE):
+                return None  # taken back already: this instance was frozen, lost its lease
+            raise
         if atomicfs.same_file(after, st) and after.st_nlink > st.st_nlink:
             # It gained a name while we took it: another process claimed it too.
             atomicfs.double_move(dst, st.st_nlink, after.st_nlink)
@@ -630,8 +641,10 @@ class Layout:
             return None
         try:
             dst = self._settle_stem(dst, candidate, lease_folder)
-        except FileNotFoundError:
-            return None  # taken back meanwhile, as above
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ESTALE):
+                return None  # taken back meanwhile, as above
+            raise
         return Claim(dst, dst.name, candidate.name, report.Identity.of(after))
 
     def permission_key(self, name: str) -> tuple[int, ...] | None:
