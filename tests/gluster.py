@@ -67,6 +67,25 @@ end-volume
 """
 
 
+#: Run in glusterd's mount namespace (the bricks are on its private tmpfs).
+_BRICK_LISTING = """
+import os, stat, sys
+for folder in sys.argv[1:]:
+    print(folder)
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        path = os.path.join(folder, name)
+        st = os.lstat(path)
+        def attr(key):
+            try:
+                return os.getxattr(path, key, follow_symlinks=False)
+            except OSError:
+                return b""
+        linkto = attr("trusted.glusterfs.dht.linkto").rstrip(b"\\0").decode()
+        print(f"  {name} {stat.filemode(st.st_mode)} {st.st_size} nlink {st.st_nlink} "
+              f"gfid {attr('trusted.gfid').hex()[:12]}" + (f" linkto {linkto}" if linkto else ""))
+"""
+
+
 @dataclass
 class GlusterVolume:
     """A started volume and its two FUSE mounts (two clients)."""
@@ -116,6 +135,14 @@ class GlusterVolume:
             if len(words) >= 6 and words[-1].isupper() and words[-2].isdigit():
                 calls[words[-1]] += int(words[-2])
         return calls
+
+    def on_bricks(self, relative: str) -> str:
+        """What the bricks hold in the folder `relative` (to the volume's root): each
+        entry's mode, size and trusted.* attributes (a DHT link pointer is mode
+        ---------T with trusted.glusterfs.dht.linkto), for a failure's message."""
+        folders = [str(self.workdir / "bricks" / b / relative) for b in ("brick1", "brick2")]
+        listing = _run(self.in_server([sys.executable, "-S", "-c", _BRICK_LISTING, *folders]))
+        return listing.stdout + listing.stderr
 
     def logs(self) -> str:
         """The tails of glusterd's, the bricks' and the clients' logs, for a failure."""

@@ -154,6 +154,7 @@ class Shared:
     a: Root  # through mount 1: instance A's view, and where the checks look
     b: Root  # through mount 2: instance B's view
     logs: Path
+    volume: GlusterVolume
     names: list[str] = field(default_factory=list)
     started: list[Vvflow] = field(default_factory=list)
 
@@ -197,7 +198,7 @@ def shared(gluster: GlusterVolume, tmp_path: Path, video_bytes: bytes,
         stable_seconds=0.3, rescan_seconds=0.5, workers=2, lease_seconds=LEASE,
         shutdown_grace_seconds=5,
     )  # fmt: skip
-    pair = Shared(a, b, tmp_path)
+    pair = Shared(a, b, tmp_path, gluster)
     yield pair
     pair.close()
 
@@ -292,6 +293,13 @@ def _figures(shared: Shared, interrupted: set[str], errors: list[dict[str, Any]]
 def _assert_round(round_name: str, shared: Shared, interrupted: set[str] | None = None,
                   errors: list[dict[str, Any]] | None = None) -> None:  # fmt: skip
     figures = _figures(shared, interrupted or set(), errors or [])
+    if figures["unknown names"] or figures["missing"] or figures["names of one inode"]:
+        # What the bricks hold under those names (DHT link pointers, second names).
+        root = shared.a.path.relative_to(shared.volume.mounts[0])
+        figures["bricks"] = {
+            folder: shared.volume.on_bricks(f"{root}/input/{folder}")
+            for folder in ("pending", "completed")
+        }
     print(f"\n{round_name}: " + json.dumps(figures))
     assert figures["completed names"] == figures["completed inodes"] == VIDEOS, figures
     assert figures["names of one inode"] == [] and figures["unknown names"] == [], figures
