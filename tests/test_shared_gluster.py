@@ -225,10 +225,21 @@ def _settled(root: Root, count: int) -> Callable[[], bool]:
     return check
 
 
+def _where(shared: Shared) -> dict[str, Any]:
+    """Where the videos are (everything under processing/, hidden names too), and which
+    arrived but are nowhere: for a failure's message."""
+    a = shared.a
+    found = {s: entries(a.folder(s)) for s in ("pending", "completed", "failed")}
+    found["processing"] = [str(p.relative_to(a.folder("processing")))
+                           for p in a.folder("processing").rglob("*")]  # fmt: skip
+    seen = {_original(os.path.basename(n)) for names in found.values() for n in names}
+    found["nowhere"] = sorted(set(shared.names) - seen)
+    return found
+
+
 def _wait_settled(shared: Shared, timeout: float = 90) -> None:
     wait_for(_settled(shared.a, len(shared.names)), timeout=timeout, what="every video filed",
-             detail=lambda: {s: entries(shared.a.folder(s)) for s in ("pending", "completed")}
-             | {"processing": _in_processing(shared.a)})  # fmt: skip
+             detail=lambda: _where(shared))  # fmt: skip
     time.sleep(3 * 0.5)  # three more rescans: nothing comes back, nothing is filed again
 
 
