@@ -21,6 +21,7 @@ import pytest
 from tests.conftest import Root
 from tests.test_adversarial_support import (
     Fleet,
+    OtherHost,
     Vvflow,
     assert_settled,
     clean_env,
@@ -36,10 +37,6 @@ LEASE = 3.0
 STAGES = ("scan", "summarize")
 NAMES = ["a.mp4", "b.mp4"]
 SKEW = 120.0
-#: Run as the pid 1 of a fresh PID and UTS namespace: name the host, then become vvflow.
-_OTHER_HOST = (
-    "import os, socket, sys; socket.sethostname(sys.argv[1]); os.execv(sys.argv[2], sys.argv[2:])"
-)
 
 
 def _configure(root: Root, gate: Path) -> None:
@@ -201,33 +198,6 @@ def _skewed_env(lib: Path, skew: float) -> dict[str, str]:
     return clean_env({"LD_PRELOAD": str(lib), "TEST_CLOCK_AHEAD_SECONDS": str(int(skew))})
 
 
-class OtherHost(Vvflow):
-    """`vvflow run` as on another host: its own PID and UTS namespaces (hostname
-    `name`, its own /proc) and a wall clock `skew` seconds ahead (the preload `lib`);
-    its monotonic clock is the real one, as a real host's runs at the real rate."""
-
-    def __init__(self, root: Root, name: str, skew: float, *, log: Path, lib: Path) -> None:
-        self.log = log
-        self._stderr = log.open("wb")
-        self.proc = subprocess.Popen(
-            ["unshare", "--pid", "--fork", "--uts", "--mount-proc", "--kill-child",
-             sys.executable, "-c", _OTHER_HOST, name,
-             sys.executable, "-m", "vvflow", "run", "--root", str(root.path)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr,
-            env=_skewed_env(lib, skew),
-        )  # fmt: skip
-        wait_for(lambda: b'"watching"' in log.read_bytes() or self.proc.poll() is not None,
-                 what="the other host's observer to start")  # fmt: skip
-        assert self.proc.poll() is None, self.text()[-3000:]
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
-        # unshare does not pass signals on: signal its child, the namespace's pid 1.
-        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
-        for child in children.split():
-            os.kill(int(child), sig)
-        return self.proc.wait(timeout=timeout)
-
-
 def _skew_available(tmp_path: Path) -> Path:
     """The clock-skewing preload, built and checked (it moves Python's wall clock, not
     its monotonic clock, and sleeps still work); skips, saying why, where it cannot be
@@ -270,7 +240,9 @@ def test_instance_with_a_clock_120s_ahead_takes_no_live_claims(root: Root, tmp_p
         wait_for(lambda: sum(_starts(root).values()) == 2, what="A running both videos",
                  detail=lambda: tree(root))  # fmt: skip
         folder = _folder_of(root, a)
-        b = OtherHost(root, "other-host", SKEW, log=tmp_path / "other-host.log", lib=lib)
+        b = OtherHost(
+            root, "other-host", log=tmp_path / "other-host.log", env=_skewed_env(lib, SKEW)
+        )
         fleet.started.append(b)
         started = [e for e in b.events() if e["event"] == "started"]
         assert started and not started[0]["instance"].startswith(folder.name.split("-")[0])

@@ -8,7 +8,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -25,6 +24,7 @@ from tests.test_adversarial_support import (
     entries,
     hostile,
     log_time,
+    other_host_argv,
     output_paths,
     stage_log,
     tree,
@@ -170,12 +170,6 @@ def rename_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     return str(request.param)
 
 
-#: Run as the pid 1 of a fresh PID and UTS namespace: name the host, then become vvflow.
-_OTHER_HOST = (
-    "import os, socket, sys; socket.sethostname(sys.argv[1]); os.execv(sys.argv[2], sys.argv[2:])"
-)
-
-
 @pytest.mark.timeout(60)
 def test_instance_that_lost_its_lease_claims_and_writes_nothing(
     root: Root, rename_mode: str
@@ -195,10 +189,7 @@ def test_instance_that_lost_its_lease_claims_and_writes_nothing(
     worker.start()
     try:
         rescuer = subprocess.run(
-            ["unshare", "--pid", "--fork", "--uts", "--mount-proc", "--kill-child",
-             sys.executable, "-c", _OTHER_HOST, "rescuer",
-             sys.executable, "-m", "vvflow", "once", "--root", str(root.path),
-             "--lease-seconds", "1"],
+            other_host_argv("rescuer", "once", "--root", str(root.path), "--lease-seconds", "1"),
             env=clean_env(), capture_output=True, text=True, timeout=50,
         )  # fmt: skip
         assert rescuer.returncode == 0, rescuer.stderr[-3000:]

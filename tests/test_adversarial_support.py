@@ -183,6 +183,45 @@ class Vvflow:
         self._stderr.close()
 
 
+#: Run as the pid 1 of a fresh PID and UTS namespace: name the host, then become vvflow.
+_OTHER_HOST = (
+    "import os, socket, sys; socket.sethostname(sys.argv[1]); os.execv(sys.argv[2], sys.argv[2:])"
+)
+
+
+def other_host_argv(host: str, *vvflow_args: str) -> list[str]:
+    """`python -m vvflow ARGS` as on another host: its own PID and UTS namespaces
+    (hostname `host`, its own /proc)."""
+    return ["unshare", "--pid", "--fork", "--uts", "--mount-proc", "--kill-child",
+            sys.executable, "-c", _OTHER_HOST, host,
+            sys.executable, "-m", "vvflow", *vvflow_args]  # fmt: skip
+
+
+class OtherHost(Vvflow):
+    """`vvflow run` on `root` as on another host (see `other_host_argv`), with `env`."""
+
+    def __init__(self, root: Root, host: str, *, log: Path, env: dict[str, str]) -> None:
+        self.log = log
+        self._stderr = log.open("wb")
+        self.proc = subprocess.Popen(
+            other_host_argv(host, "run", "--root", str(root.path)),
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr, env=env,
+        )  # fmt: skip
+        wait_for(lambda: b'"watching"' in log.read_bytes() or self.proc.poll() is not None,
+                 what="the other host's observer to start")  # fmt: skip
+        assert self.proc.poll() is None, self.text()[-3000:]
+
+    def send(self, sig: int) -> None:
+        # unshare does not pass signals on: signal its child, the namespace's pid 1.
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
+        for child in children.split():
+            os.kill(int(child), sig)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        self.send(sig)
+        return self.proc.wait(timeout=timeout)
+
+
 class Fleet:
     """`vvflow run|once` processes started for one test; all killed and reaped on exit."""
 

@@ -15,8 +15,6 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -30,6 +28,7 @@ from tests import gluster_races as races
 from tests.conftest import Root
 from tests.gluster import GlusterVolume
 from tests.test_adversarial_support import (
+    OtherHost,
     Vvflow,
     clean_env,
     entries,
@@ -44,10 +43,6 @@ LEASE = 4.0
 STAGES = ("scan", "summarize")
 VIDEOS = 20
 HOST_B = "otherhost"
-#: Run as the pid 1 of a fresh PID and UTS namespace: name the host, then become vvflow.
-_OTHER_HOST = (
-    "import os, socket, sys; socket.sethostname(sys.argv[1]); os.execv(sys.argv[2], sys.argv[2:])"
-)
 
 
 # -- the primitives ----------------------------------------------------------------
@@ -118,35 +113,6 @@ def test_gluster_primitives_across_two_clients(gluster: GlusterVolume) -> None:
 # -- two instances ------------------------------------------------------------------
 
 
-class OtherHost(Vvflow):
-    """`vvflow run` as on another host: its own PID and UTS namespaces (hostname
-    HOST_B, its own /proc), on the root `root` (seen through the other mount)."""
-
-    def __init__(self, root: Root, *, log: Path) -> None:
-        self.log = log
-        self._stderr = log.open("wb")
-        self.proc = subprocess.Popen(
-            ["unshare", "--pid", "--fork", "--uts", "--mount-proc", "--kill-child",
-             sys.executable, "-c", _OTHER_HOST, HOST_B,
-             sys.executable, "-m", "vvflow", "run", "--root", str(root.path)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr,
-            env=clean_env(),
-        )  # fmt: skip
-        wait_for(lambda: b'"watching"' in log.read_bytes() or self.proc.poll() is not None,
-                 what="the other host's observer to start")  # fmt: skip
-        assert self.proc.poll() is None, self.text()[-3000:]
-
-    def send(self, sig: int) -> None:
-        # unshare does not pass signals on: signal its child, the namespace's pid 1.
-        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
-        for child in children.split():
-            os.kill(int(child), sig)
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
-        self.send(sig)
-        return self.proc.wait(timeout=timeout)
-
-
 @dataclass
 class Shared:
     """One root folder on the volume, seen through both mounts, and its instances."""
@@ -164,7 +130,7 @@ class Shared:
         return run
 
     def start_b(self) -> OtherHost:
-        run = OtherHost(self.b, log=self.logs / "b.log")
+        run = OtherHost(self.b, HOST_B, log=self.logs / "b.log", env=clean_env())
         self.started.append(run)
         return run
 
