@@ -128,14 +128,22 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def renameat2_errno(src: Path, dst: Path) -> int:
+    """renameat2(src, dst, RENAME_NOREPLACE) as such: 0, or its errno (ENOSYS where the
+    C library lacks it). For the probe of the root; moves use `_renameat2_noreplace`."""
+    if _renameat2 is None:
+        return errno.ENOSYS
+    rc = _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE)
+    return 0 if rc == 0 else ctypes.get_errno()
+
+
 def _renameat2_noreplace(src: Path, dst: Path) -> bool:
     """True when done; False when this filesystem does not support it."""
-    if _renameat2 is None or FORCE_LINK or not _usable["renameat2"]:
+    if FORCE_LINK or not _usable["renameat2"]:
         return False
-    rc = _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE)
-    if rc == 0:
+    err = renameat2_errno(src, dst)
+    if err == 0:
         return True
-    err = ctypes.get_errno()
     if err in _UNSUPPORTED:
         return False
     raise OSError(err, os.strerror(err), str(src), None, str(dst))

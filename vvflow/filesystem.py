@@ -6,7 +6,6 @@ on which no move could be made safe is refused before anything is claimed.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import os
 import shutil
@@ -129,24 +128,14 @@ def _unsafe_options(fstype: str, options: list[str]) -> list[str]:
     return problems
 
 
-def _renameat2(a: Path, b: Path) -> int:
-    """0, or the errno of renameat2(a, b, RENAME_NOREPLACE)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    func = getattr(libc, "renameat2", None)
-    if func is None:
-        return errno.ENOSYS
-    rc = func(-100, os.fsencode(a), -100, os.fsencode(b), 1)
-    return 0 if rc == 0 else ctypes.get_errno()
-
-
 def _try_noreplace(a: Path, b: Path, free: Path) -> tuple[bool | None, str]:
     """Rename `a` to the free name `free`, then over the existing `b`, with
     RENAME_NOREPLACE. Both are needed: Linux itself refuses an existing target before
     the filesystem is asked, so a refusal alone proves nothing."""
-    err = _renameat2(a, free)
+    err = atomicfs.renameat2_errno(a, free)
     if err:
         return False, f"no ({errno.errorcode.get(err, str(err))})"
-    err = _renameat2(free, b)
+    err = atomicfs.renameat2_errno(free, b)
     if err == 0:
         return None, "IGNORED: it replaced an existing file"
     if err == errno.EEXIST:
