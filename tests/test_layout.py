@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import Root
 from vvflow import atomicfs, instance
-from vvflow.layout import MOVES, WORK, Layout
+from vvflow.layout import HEARTBEAT, MOVES, STAGE_PID, WORK, Layout
 
 
 @pytest.fixture(params=["renameat2", "link"])
@@ -103,7 +103,7 @@ def test_once_recovers_what_a_dead_instance_left(root: Root) -> None:
     layout.ensure()
     dead = layout.processing / instance.InstanceId.local(_dead_pid(), 12345).name
     dead.mkdir()
-    (dead / instance.HEARTBEAT).touch()
+    (dead / HEARTBEAT).touch()
     (dead / "claimed.mp4").write_bytes(root.video_bytes)
     work = dead / WORK / "claimed.mp4"
     work.mkdir(parents=True)
@@ -142,19 +142,19 @@ def test_foreign_instances_are_judged_by_watching_their_heartbeat(root: Root) ->
     silent = layout.processing / "otherhost-101-201"
     for folder in (beating, silent):
         folder.mkdir()
-        (folder / instance.HEARTBEAT).touch()
+        (folder / HEARTBEAT).touch()
         (folder / f"{folder.name}.mp4").write_bytes(root.video_bytes)
     ahead = time.time() + 3600
-    os.utime(silent / instance.HEARTBEAT, (ahead, ahead))
+    os.utime(silent / HEARTBEAT, (ahead, ahead))
     stop = threading.Event()
 
     def beat() -> None:
         count = 0
         while not stop.wait(0.2):
             count += 1
-            (beating / instance.HEARTBEAT).write_text(f"{count}\n")
+            (beating / HEARTBEAT).write_text(f"{count}\n")
             old = time.time() - 3600
-            os.utime(beating / instance.HEARTBEAT, (old, old))
+            os.utime(beating / HEARTBEAT, (old, old))
 
     beater = threading.Thread(target=beat)
     beater.start()
@@ -186,7 +186,7 @@ def test_orphaned_stage_process_of_dead_instance_is_killed(root: Root) -> None:
         [sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True
     )
     start = instance.process_start(orphan.pid)
-    (work / instance.STAGE_PID).write_text(f"{orphan.pid} {start}\n")
+    (work / STAGE_PID).write_text(f"{orphan.pid} {start}\n")
     root.vvflow("once", check=0)
     assert orphan.wait(timeout=10) == -9
     assert root.names("completed") == ["a.mp4"]

@@ -19,7 +19,7 @@ from vvflow import __version__, atomicfs, filesystem, instance, logs, report, st
 from vvflow.config import Settings, builtin_stages, load_settings
 from vvflow.daemon import Daemon, check_health
 from vvflow.errors import ConfigError, LayoutError
-from vvflow.layout import MOVES, Layout, State
+from vvflow.layout import DOCTOR_PREFIX, MOVES, Layout, State
 from vvflow.pipeline import Pipeline
 from vvflow.progress import ProgressBar
 from vvflow.stages import STAGES
@@ -290,12 +290,12 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 def _check_writable_and_rename(layout: Layout) -> tuple[bool, str, str]:
     try:
-        with tempfile.TemporaryDirectory(dir=layout.processing, prefix=".doctor-") as tmp:
+        with tempfile.TemporaryDirectory(dir=layout.processing, prefix=DOCTOR_PREFIX) as tmp:
             a, b = Path(tmp, "a"), Path(tmp, "b")
             a.write_bytes(b"a")
             b.write_bytes(b"b")
             try:
-                atomicfs.rename_noreplace(a, b, journal=Path(tmp, ".moves"))
+                atomicfs.rename_noreplace(a, b, journal=Path(tmp, MOVES))
             except FileExistsError:
                 pass
             else:

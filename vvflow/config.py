@@ -32,6 +32,7 @@ from pydantic_settings import (
 )
 
 from vvflow.errors import ConfigError
+from vvflow.layout import INPUT
 
 ROOT_ENV = "VIDEO_STORAGE_ROOT"
 CONFIG_ENV = "VVFLOW_CONFIG"
@@ -112,8 +113,8 @@ class StageConfig(BaseModel):
         path = PurePosixPath(value)
         if path.is_absolute() or ".." in path.parts or value.endswith("/"):
             raise ValueError("must be a file path relative to the storage root, without '..'")
-        if path.parts[0] == "input":
-            raise ValueError("must not be inside input/, which holds the videos")
+        if path.parts[0] == INPUT:
+            raise ValueError(f"must not be inside {INPUT}/, which holds the videos")
         return value
 
     @model_validator(mode="after")

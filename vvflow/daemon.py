@@ -25,12 +25,11 @@ from watchdog.observers.api import BaseObserver
 from vvflow import atomicfs, instance, logs
 from vvflow.errors import ConfigError
 from vvflow.events import Event
-from vvflow.layout import Candidate
+from vvflow.layout import HEALTH, Candidate
 from vvflow.metrics import Metrics
 from vvflow.watcher import OpenWrites, PendingEvents, Stability, make_observer
 from vvflow.worker import Worker
 
-HEALTH = ".health"
 #: The health record is padded to this size, so that on a full disk it can still be
 #: overwritten in place (the blocks it needs are already its own).
 HEALTH_BYTES = 2048

@@ -41,10 +41,18 @@ from vvflow import instance, logs, report
 from vvflow.atomicfs import makedirs, write_atomic
 from vvflow.errors import Cancelled
 from vvflow.events import Event
-from vvflow.layout import INDEX, Layout, State
+from vvflow.layout import (
+    BUILT,
+    BY_DIGEST,
+    BY_SIZE,
+    DUPLICATES,
+    HASHED,
+    INDEX,
+    SIZES,
+    Layout,
+    State,
+)
 
-BUILT = ".built"
-SIZES = ".sizes"
 CHUNK = 1 << 20
 
 
@@ -76,10 +84,10 @@ class ContentIndex:
         #: The owner's memory of the other instances (which of them are dead).
         self.liveness = liveness or instance.Liveness(60.0)
         self.folder = layout.root / INDEX
-        self.by_size = self.folder / "size"
-        self.hashed = self.folder / "hashed"
-        self.by_digest = self.folder / "sha256"
-        self.duplicates = self.folder / "duplicates"
+        self.by_size = self.folder / BY_SIZE
+        self.hashed = self.folder / HASHED
+        self.by_digest = self.folder / BY_DIGEST
+        self.duplicates = self.folder / DUPLICATES
         self._lock = threading.Lock()
         self._digests: dict[tuple[str, int, int], str] = {}
 

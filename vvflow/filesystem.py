@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from vvflow import atomicfs
+from vvflow.layout import PROBE_PREFIX
 
 #: Filesystem types whose files other hosts may see and change: no inotify events for
 #: their changes, and the caches of each client differ.
@@ -153,7 +154,7 @@ def probe(folder: Path) -> Capabilities:
     noreplace: bool | None = False
     detail = "unknown (not writable)"
     hardlinks: bool | None = None
-    scratch = folder / f".probe-{uuid.uuid4().hex}"
+    scratch = folder / f"{PROBE_PREFIX}{uuid.uuid4().hex}"
     try:
         scratch.mkdir()
         a, b = scratch / "a", scratch / "b"

@@ -31,9 +31,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-HEARTBEAT = ".heartbeat"
-#: Written in a video's workspace while a stage runs: "<pid> <start> <run token>".
-STAGE_PID = ".stage.pid"
+from vvflow.layout import HEARTBEAT, STAGE_PID, WORK
+
 _HOST_UNSAFE = re.compile(r"[^A-Za-z0-9._]")
 #: /proc/PID/stat states of a process stopped by a signal or a tracer.
 STOPPED = (b"T", b"t")
@@ -382,3 +381,18 @@ def kill_orphan(pid: int, start: int, token: str | None) -> bool:
     if token:
         killed = sweep(token) > 0 or killed
     return killed
+
+
+def kill_orphan_stages(folder: Path) -> None:
+    """Kill the stage processes a dead instance of this host left running, as the
+    workspaces in its folder record them (STAGE_PID). Nothing for an instance of
+    another host or PID namespace: its pids mean nothing here."""
+    owner = InstanceId.parse(folder.name)
+    if owner is None or not owner.is_local():
+        return
+    for pidfile in (folder / WORK).glob(f"*/{STAGE_PID}"):
+        try:
+            pid, start, *token = pidfile.read_text().split()
+            kill_orphan(int(pid), int(start), token[0] if token else None)
+        except (OSError, ValueError):
+            continue

@@ -20,26 +20,64 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from vvflow import atomicfs, instance, logs, report
+from vvflow import atomicfs, logs, report
 from vvflow.errors import Blocked, LayoutError
 from vvflow.events import Event
 from vvflow.report import StageStatus
 
-#: Names that are never candidates, whatever their extension: partial downloads and
-#: editor or copy-tool temporaries.
-TEMP_SUFFIXES = (".part", ".tmp", ".crdownload", ".partial", "~")
-WORK = ".work"
+# -- every name vvflow gives under the storage root ---------------------------------
+# (The state folders are `State`; the built-in outputs `OUTPUT_DIRS`. Inside a move
+# journal and a `tmp_dir`, atomicfs names its own files: it knows no root.)
+
+#: `<root>/input/`: the state folders, one per `State`.
+INPUT = "input"
+#: `<root>/reports/<name>.json`: one report per video.
+REPORTS = "reports"
+#: `<root>/input/.paused`: the pause file (JSON: since, by, reason).
+PAUSED = ".paused"
+#: `processing/<instance>/.heartbeat`: the instance's lease, rewritten every lease / 4.
+HEARTBEAT = ".heartbeat"
+#: `processing/<instance>/.health`: the health record of a `vvflow run`.
+HEALTH = ".health"
+#: `processing/<instance>/.progress`: the progress its stages report.
+PROGRESS = ".progress"
+#: `processing/<instance>/.moves/`: the move journal (see atomicfs).
 MOVES = ".moves"
-#: In an instance folder: the pending files that instance may not move, with the reason.
+#: `processing/<instance>/.blocked`: the pending files it may not move, and why.
 BLOCKED = ".blocked"
-_NAME_MAX = 255
-#: `<root>/index/`: caches of what reports/ and the state folders say, rebuilt when missing.
+#: `processing/<instance>/.sizes/<size>-<key>`: a video of that size runs there (dedupe).
+SIZES = ".sizes"
+#: `processing/<instance>/.probe-<hex>/`: the filesystem probe of a start.
+PROBE_PREFIX = ".probe-"
+#: `processing/.doctor-<random>/`: the scratch folder of `vvflow doctor`.
+DOCTOR_PREFIX = ".doctor-"
+#: `processing/<instance>/.work/<name>/`: a claimed video's workspace.
+WORK = ".work"
+#: `.work/<name>/.stage.pid`: "<pid> <start> <run token>" while a stage runs.
+STAGE_PID = ".stage.pid"
+#: `.work/<name>/.publish-<hex>`: an output copied there, then renamed into place.
+PUBLISH_PREFIX = ".publish-"
+#: `<root>/index/`: caches of what reports/ and the state folders say, rebuilt if missing.
 INDEX = "index"
-#: `index/names/<stem key>/<name key>`: every name vvflow gave a video, by stem ignoring case.
+#: `index/names/<stem key>/<name key>`: every name vvflow gave a video, by casefolded stem.
 NAMES = "names"
 #: `index/files/<inode>`: the name a failed or returned video was filed under.
 FILES = "files"
+#: `index/size/<size>/<key>`: a completed original of that size, never hashed (dedupe).
+BY_SIZE = "size"
+#: `index/hashed/<size>`: completed originals of that size exist (dedupe).
+HASHED = "hashed"
+#: `index/sha256/<digest>`: the completed originals of that content (dedupe).
+BY_DIGEST = "sha256"
+#: `index/duplicates/<name>.json`: a completed duplicate (dedupe).
+DUPLICATES = "duplicates"
+#: `index/.built`, `index/names/.built`: that index was built whole from the reports.
 BUILT = ".built"
+
+#: Names that are never candidates, whatever their extension: partial downloads and
+#: editor or copy-tool temporaries.
+TEMP_SUFFIXES = (".part", ".tmp", ".crdownload", ".partial", "~")
+_NAME_MAX = 255
 
 
 class State(StrEnum):
@@ -50,7 +88,7 @@ class State(StrEnum):
 
 
 #: Output folders of the built-in pipeline, created with the layout.
-OUTPUT_DIRS = ("analytic", "summaries", "loglines", "reports")
+OUTPUT_DIRS = ("analytic", "summaries", "loglines", REPORTS)
 
 
 @dataclass(frozen=True)
@@ -192,18 +230,23 @@ class Layout:
         #: (name, stem) -> stage name -> the final path of that stage's output (the
         #: pipeline's `output_paths`); names must fit NAME_MAX, outputs follow a rename.
         self.output_paths = output_paths
-        self.input = root / "input"
+        self.input = root / INPUT
         self.pending = self.input / State.PENDING
         self.processing = self.input / State.PROCESSING
         self.completed = self.input / State.COMPLETED
         self.failed = self.input / State.FAILED
-        self.reports = root / "reports"
+        self.reports = root / REPORTS
         self.names = root / INDEX / NAMES
         self.files = root / INDEX / FILES
         self._claim_lock = threading.Lock()
 
     def folder(self, state: State) -> Path:
         return self.input / state
+
+    @property
+    def pause_file(self) -> Path:
+        """`<root>/input/.paused`: while it exists, no instance claims a new video."""
+        return self.input / PAUSED
 
     def ensure(self, extra: Iterable[Path] = ()) -> None:
         """Create every folder, then refuse a root split across filesystems."""
@@ -793,18 +836,13 @@ class Layout:
         every dead instance before returning any claim: a recoverer that died inside
         its own move left the video under two names, one in another dead folder."""
         with contextlib.suppress(FileNotFoundError):
-            (folder / instance.HEARTBEAT).unlink()
+            (folder / HEARTBEAT).unlink()
         return len(atomicfs.repair_moves(folder / MOVES))
 
-    def recover(self, folder: Path, journal: Path) -> tuple[list[Path], int]:
-        """Take back every claim of a dead instance's folder: finish its interrupted
-        moves, stop stage processes it left running on this host, return its videos to
-        pending/ and delete its temporary files. Returns the videos returned and the
-        number of moves repaired."""
-        repaired = self.take_over(folder)
-        owner = instance.InstanceId.parse(folder.name)
-        if owner is not None and owner.is_local():
-            self._kill_orphans(folder / WORK)
+    def return_claims(self, folder: Path, journal: Path) -> list[Path]:
+        """Return every claim of a dead instance's folder, taken over (`take_over`), to
+        pending/ and delete its temporary files and the folder. Returns the videos
+        returned."""
         returned = []
         for path in self.claims_in(folder):
             try:
@@ -823,7 +861,7 @@ class Layout:
                     self.follow(path.name, dest.name, identity, journal=journal,
                                 tmp_dir=journal.parent)  # fmt: skip
         self.remove_instance_folder(folder)
-        return returned, repaired
+        return returned
 
     def remove_instance_folder(self, folder: Path) -> None:
         """Delete an instance folder's hidden bookkeeping (work folders, move journal,
@@ -841,11 +879,3 @@ class Layout:
         with contextlib.suppress(OSError):
             folder.rmdir()
         atomicfs.fsync_dir(self.processing)
-
-    def _kill_orphans(self, work: Path) -> None:
-        for pidfile in work.glob(f"*/{instance.STAGE_PID}"):
-            try:
-                pid, start, *token = pidfile.read_text().split()
-                instance.kill_orphan(int(pid), int(start), token[0] if token else None)
-            except (OSError, ValueError):
-                continue

@@ -46,7 +46,8 @@ from vvflow.errors import (
     is_storage_error,
 )
 from vvflow.events import Event
-from vvflow.instance import RUN_TOKEN, STAGE_PID, process_start, sweep
+from vvflow.instance import RUN_TOKEN, process_start, sweep
+from vvflow.layout import PUBLISH_PREFIX, STAGE_PID
 from vvflow.report import Attempt, AttemptOutcome, Report, Saver, StageStatus, now_iso
 
 EX_DATAERR = 65
@@ -472,7 +473,7 @@ def publish(tmp: Path, final: Path, root: Path | None = None) -> None:
     so replacing it is a rerun of the same video, never another video's result."""
     # A copy, not the stage's own file: a process the stage left behind may still hold
     # that file open, and nothing may change an output once it is published.
-    fresh = tmp.with_name(f".publish-{uuid.uuid4().hex}")
+    fresh = tmp.with_name(f"{PUBLISH_PREFIX}{uuid.uuid4().hex}")
     if root is not None:
         folder = final.parent
         while folder != root and root in folder.parents:

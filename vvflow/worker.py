@@ -231,8 +231,9 @@ class Worker:
         dead = [folder for folder in folders if self.liveness.is_dead(folder)]
         early = {folder: self.layout.take_over(folder) for folder in dead}
         for folder in dead:
-            returned, repaired = self.layout.recover(folder, self.journal)
-            repaired += early[folder]
+            repaired = early[folder] + self.layout.take_over(folder)
+            instance.kill_orphan_stages(folder)  # before its videos can be claimed again
+            returned = self.layout.return_claims(folder, self.journal)
             total += [p.name for p in returned]
             logs.event(
                 Event.RECOVERED,
