@@ -1,4 +1,5 @@
-"""Who an instance is, whether it is alive, and the heartbeat that keeps its lease.
+"""Who an instance is, whether it is alive, the heartbeat that keeps its lease, and the
+killing of the processes its stages start.
 
 An instance is named `<host>-<boot>-<pid namespace>-<pid>-<start>` where `start` is
 the process start time in clock ticks since boot (from /proc), so a reused pid is
@@ -24,6 +25,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -368,6 +370,20 @@ def sweep(token: str) -> int:
                 os.kill(int(entry), signal.SIGKILL)
                 killed += 1
     return killed
+
+
+def kill_group(pgid: int, sig: int) -> None:
+    """Send `sig` to a process group, if it is still there."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def stop_group(proc: subprocess.Popen[bytes], grace: float) -> None:
+    """Stop a stage politely, then firmly: SIGTERM to its group, wait, SIGKILL."""
+    kill_group(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace)
+    kill_group(proc.pid, signal.SIGKILL)
 
 
 def kill_orphan(pid: int, start: int, token: str | None) -> bool:

@@ -46,7 +46,7 @@ from vvflow.errors import (
     is_storage_error,
 )
 from vvflow.events import Event
-from vvflow.instance import RUN_TOKEN, process_start, sweep
+from vvflow.instance import RUN_TOKEN, kill_group, process_start, stop_group, sweep
 from vvflow.layout import PUBLISH_PREFIX, STAGE_PID
 from vvflow.report import Attempt, AttemptOutcome, Report, Saver, StageStatus, now_iso
 
@@ -106,19 +106,6 @@ def _signal_name(code: int) -> str:
         return signal.Signals(-code).name
     except ValueError:
         return f"signal {-code}"
-
-
-def _kill_group(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-def stop_group(proc: subprocess.Popen[bytes], grace: float) -> None:
-    """Stop a stage politely, then firmly: SIGTERM to its group, wait, SIGKILL."""
-    _kill_group(proc.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=grace)
-    _kill_group(proc.pid, signal.SIGKILL)
 
 
 class Pipeline:
@@ -436,7 +423,7 @@ class Pipeline:
         finally:
             # Whatever the stage left behind in its group (a daemon it forked, a child
             # still writing) is stopped with it.
-            _kill_group(proc.pid, signal.SIGKILL)
+            kill_group(proc.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5)
             sel.close()
