@@ -157,17 +157,17 @@ def _cmd_once(settings: Settings) -> int:
     logs.setup(settings.log_level)
     if sys.stderr.isatty():
         ProgressBar(sys.stderr)
-    worker = Worker(settings)
-    summary = worker.once(stop_requested=_install_stop_flags())
-    returned = summary.storage_returned()
-    if returned:
+    daemon = Daemon(Worker(settings), burst=True)
+    code = daemon.run(_install_stop_flags())
+    summary = daemon.summary
+    if summary.storage_returned:
         _fail(
-            f"{len(returned)} video(s) left in input/pending/ for storage trouble, not for "
-            f"themselves ({returned[0].error}); free space under the root (claiming needs "
-            f"min_free_bytes = {settings.min_free_bytes}) and run again",
+            f"{summary.storage_returned} video(s) left in input/pending/ for storage trouble, "
+            f"not for themselves ({summary.storage_error}); free space under the root "
+            f"(claiming needs min_free_bytes = {settings.min_free_bytes}) and run again",
         )
         return RET_TEMPFAIL
-    return RET_FAILED if summary.count(State.FAILED) else RET_OK
+    return RET_FAILED if summary.failed or code != RET_OK else RET_OK
 
 
 def _cmd_run(settings: Settings) -> int:

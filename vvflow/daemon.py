@@ -1,8 +1,12 @@
-"""`vvflow run`: watch pending/, claim each video once it is whole, until a signal.
+"""The loop: watch pending/, claim each video once it is whole, file it.
 
 The loop reads as one sentence: take the names events and rescans point at, check
 which are stable, hand those to the workers, keep the lease and the observer alive.
 `step(now)` is one iteration with the clock as a parameter, so tests drive it.
+
+`vvflow run` runs it until a signal. `vvflow once` runs the same loop in burst mode
+(arq's `burst`): no observer and no health record, one rescan, each file gets one
+stability window, and it returns when nothing is tracked or running any more.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +29,10 @@ from watchdog.observers.api import BaseObserver
 from vvflow import atomicfs, instance, logs
 from vvflow.errors import ConfigError
 from vvflow.events import Event
-from vvflow.layout import HEALTH, Candidate
+from vvflow.layout import HEALTH, Candidate, State
 from vvflow.metrics import Metrics
 from vvflow.watcher import OpenWrites, PendingEvents, Stability, make_observer
-from vvflow.worker import Worker
+from vvflow.worker import Outcome, Worker
 
 #: The health record is padded to this size, so that on a full disk it can still be
 #: overwritten in place (the blocks it needs are already its own).
@@ -49,17 +53,57 @@ class Counters:
     observer_restarts: int = 0
 
 
-class Daemon:
-    """The watcher, the queue and the worker threads of one `vvflow run` instance."""
+@dataclass
+class Summary:
+    """What the loop did with the videos it took (`once` turns this into its exit code)."""
 
-    def __init__(self, worker: Worker, *, clock: Callable[[], float] = time.monotonic) -> None:
+    completed: int = 0
+    failed: int = 0
+    released: int = 0
+    recovered: int = 0
+    #: Videos left in or returned to pending/ for storage trouble, not for themselves.
+    storage_returned: int = 0
+    storage_error: str | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, outcome: Outcome) -> None:
+        with self._lock:
+            if outcome.state == State.COMPLETED:
+                self.completed += 1
+            elif outcome.state == State.FAILED:
+                self.failed += 1
+            else:
+                self.released += 1
+            if outcome.storage:
+                self.storage_returned += 1
+                self.storage_error = self.storage_error or outcome.error
+
+
+class Daemon:
+    """The watcher, the queue and the worker threads of one vvflow instance.
+
+    With `burst`, the loop of `vvflow once`: it starts no observer and writes no health
+    record, rescans pending/ once, gives each file one stability window (a file still
+    changing is left for the next run), and `run` returns once nothing is tracked or
+    running and every instance it could not judge at a glance was judged."""
+
+    def __init__(
+        self, worker: Worker, *, clock: Callable[[], float] = time.monotonic, burst: bool = False
+    ) -> None:
         self.worker = worker
         self.settings = worker.settings
         self.layout = worker.layout
         self.clock = clock
+        self.burst = burst
         self.open_writes = OpenWrites()
-        self.stability = Stability(self.layout, self.settings.stable_seconds, self.open_writes)
+        self.stability = Stability(
+            self.layout, self.settings.stable_seconds, self.open_writes, retrack=not burst
+        )
         self.counters = Counters()
+        self.summary = Summary()
+        #: Burst mode: the instances this run could not judge at a glance when it first
+        #: had nothing left to do (None until then).
+        self._undecided: set[str] | None = None
         self._inbox: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._work: queue.Queue[Candidate | None] = queue.Queue()
@@ -80,12 +124,13 @@ class Daemon:
 
     def start(self) -> None:
         self.worker.start(prepare=False)
-        if self.settings.metrics_port is not None:
-            self._serve_metrics(self.settings.metrics_host, self.settings.metrics_port)
-        # Watch first, so that health checks pass while the index is rebuilt and dead
-        # instances are recovered (both can take a while on a large root).
-        self._start_observer()
-        self._write_health()
+        if not self.burst:
+            if self.settings.metrics_port is not None:
+                self._serve_metrics(self.settings.metrics_host, self.settings.metrics_port)
+            # Watch first, so that health checks pass while the index is rebuilt and dead
+            # instances are recovered (both can take a while on a large root).
+            self._start_observer()
+            self._write_health()
         self.worker.prepare()
         self._recover(self.clock())
         for i in range(self.settings.workers):
@@ -169,7 +214,8 @@ class Daemon:
         return st.st_dev, st.st_ino
 
     def run(self, stop_requested: Callable[[], bool]) -> int:
-        """Process until `stop_requested()`, then shut down cleanly; the exit code."""
+        """Process until `stop_requested()` (in burst mode: or until nothing is left to
+        do), then shut down cleanly; the exit code."""
         self.start()
         code = RET_OK
         try:
@@ -177,11 +223,31 @@ class Daemon:
                 if not self.step():
                     code = RET_LEASE_LOST
                     break
+                if self.burst and self._burst_done():
+                    break
                 self._wake.wait(TICK_SECONDS)
                 self._wake.clear()
         finally:
             self.shutdown()
         return code
+
+    def _burst_done(self) -> bool:
+        """Burst mode: nothing tracked, queued or running, and no instance left that this
+        run could not judge at a glance (another host's, a stopped one's): those are
+        watched until each beat or stayed unchanged for a lease since this run first saw
+        it, and the claims of the dead are run too. No wall clock can shorten that; it
+        costs at most a lease (a live instance beats every lease / 4)."""
+        with self._lock:
+            busy = bool(self._inflight)
+        if busy or len(self.stability):
+            return False
+        undecided = set(self.worker.liveness.undecided())
+        if self._undecided is None:
+            self._undecided = undecided
+            if undecided:
+                logs.event(Event.WATCHING_INSTANCES, instances=sorted(undecided),
+                           lease_seconds=self.settings.lease_seconds)  # fmt: skip
+        return not self._undecided & undecided
 
     def shutdown(self) -> None:
         """Stop claiming; give running stages the grace period; then stop them (their
@@ -206,9 +272,15 @@ class Daemon:
         self.worker.close()
         if self.metrics is not None:
             self.metrics.close()
+        summary = self.summary
         logs.event(
             Event.STOPPED,
             instance=self.worker.id.name,
+            completed=summary.completed,
+            failed=summary.failed,
+            released=summary.released,
+            recovered=summary.recovered,
+            blocked=len(self.worker.blocked),
             found_by_event=self.counters.by_event,
             found_by_rescan=self.counters.by_rescan,
             rescans=self.counters.rescans,
@@ -232,12 +304,14 @@ class Daemon:
         self._drain_inbox(now)
         if now >= self._next_rescan:
             self.rescan(now)
-            self._next_rescan = now + self.settings.rescan_seconds
+            # Burst mode looks at pending/ once: what arrives later is the next run's.
+            self._next_rescan = float("inf") if self.burst else now + self.settings.rescan_seconds
         self.stability.check(now)
         self._dispatch(now)
         if now >= self._next_health:
             self._next_health = now + HEALTH_SECONDS
-            self._keep_observer()
+            if not self.burst:
+                self._keep_observer()
             # Look at the free space even when nothing waits to be claimed (or every
             # worker is busy): the trouble is said in the log, health and metrics at
             # once, not only when the next claim would be refused.
@@ -245,7 +319,9 @@ class Daemon:
             self._write_health()
             self.worker.refile()
         if now >= self._next_recover:
-            self._next_recover = now + min(5.0, self.settings.lease_seconds / 3)
+            # Burst mode ends by watching the instances it could not judge: look often.
+            pace = 8 if self.burst else 3
+            self._next_recover = now + min(5.0, self.settings.lease_seconds / pace)
             try:
                 self._recover(now)
             except OSError as exc:
@@ -256,7 +332,9 @@ class Daemon:
     def _recover(self, now: float) -> None:
         """Return dead instances' claims to pending/, at the front of the queue: they
         waited once already, and were whole when claimed (no stability wait again)."""
-        for name in reversed(self.worker.recover()):
+        returned = self.worker.recover()
+        self.summary.recovered += len(returned)
+        for name in reversed(returned):
             if not self._busy(name):
                 self.stability.first(name, now)
 
@@ -290,7 +368,9 @@ class Daemon:
                 found.append(name)
         for name in blocked - seen:
             self.worker.unblock(name)  # gone from pending/
-        if found:
+        if self.burst:
+            logs.event(Event.BATCH, videos=len(self.stability))
+        elif found:
             # Something events missed (or the daemon was down when it arrived). The
             # close-after-write events of files being written may be lost as well.
             self.open_writes.clear()
@@ -304,7 +384,9 @@ class Daemon:
             room = 2 * self.settings.workers - len(self._inflight)
         if room <= 0 or self.worker.stopping.is_set():
             return
-        if not self.worker.storage.may_claim():
+        # Burst mode hands them on anyway: each is refused (left in pending/ for the
+        # storage) and counted, and the run ends instead of waiting for space.
+        if not self.burst and not self.worker.storage.may_claim():
             self._storage_paused = True
             return
         if self._storage_paused:
@@ -325,8 +407,14 @@ class Daemon:
                 return
             try:
                 if not self.worker.stopping.is_set():
-                    claimed = functools.partial(self._claimed, candidate.name)
-                    self.worker.claim_and_run(candidate, claimed)
+                    # Burst mode looks at pending/ once: a file that comes under a name
+                    # its claim freed is the next run's.
+                    claimed = (
+                        None if self.burst else functools.partial(self._claimed, candidate.name)
+                    )
+                    outcome = self.worker.claim_and_run(candidate, claimed)
+                    if outcome is not None:
+                        self.summary.add(outcome)
             except Exception:
                 logs.event(
                     Event.INTERNAL_ERROR, level=logging.ERROR, exc_info=True, video=candidate.name

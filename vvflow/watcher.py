@@ -14,13 +14,12 @@ writers on this host that started before the watch or write while events are los
 
 from __future__ import annotations
 
-import contextlib
 import heapq
+import itertools
 import logging
 import os
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -288,25 +287,43 @@ class _Observation:
     key: _Key
     since: float
     mtime: float
+    #: When it arrived in pending/ (its ctime: a rename into the folder sets it, and no
+    #: copy tool carries it over, unlike the mtime).
+    arrived_ns: int
     ready: bool = False
+    #: Its place in the ready queue; an older entry of the same name is stale.
+    ticket: int = 0
 
 
 class Stability:
-    """Tracks candidates until their size and mtime stay unchanged for `stable_seconds`.
+    """Tracks candidates until their size and mtime stay unchanged for `stable_seconds`,
+    and hands the stable ones out oldest first (by arrival in pending/; videos that
+    recovery returned before all others).
 
     Only names something pointed at are stat'ed, each once per `stable_seconds` at
-    most (a heap orders the checks); nothing is ever hashed or read.
+    most (a heap orders the checks); nothing is ever hashed or read. With `retrack`
+    False (burst mode), a file that changed during its window is let go, not watched
+    again: it is still being written, and belongs to a later run.
     """
 
     def __init__(
-        self, layout: Layout, stable_seconds: float, open_writes: OpenWrites | None = None
+        self,
+        layout: Layout,
+        stable_seconds: float,
+        open_writes: OpenWrites | None = None,
+        *,
+        retrack: bool = True,
     ) -> None:
         self.layout = layout
         self.stable_seconds = stable_seconds
         self.open_writes = open_writes
+        self.retrack = retrack
         self._watch: dict[str, _Observation] = {}
         self._due: list[tuple[float, str]] = []
-        self._ready: deque[str] = deque()
+        #: (rank, arrival, ticket, name): rank 0 for returned videos, 1 for the others.
+        self._ready: list[tuple[int, int, int, str]] = []
+        self._ready_count = 0
+        self._tickets = itertools.count(1)
 
     def __len__(self) -> int:
         return len(self._watch)
@@ -316,16 +333,32 @@ class Stability:
 
     @property
     def ready_count(self) -> int:
-        return len(self._ready)
+        return self._ready_count
 
-    def _observe(self, name: str) -> tuple[_Key, float] | None:
+    def _observe(self, name: str) -> tuple[_Key, float, int] | None:
         try:
             st = os.lstat(os.path.join(self.layout.pending, name))
         except (FileNotFoundError, NotADirectoryError):
             return None
         if self.layout.entry_reason(name, st) is not None:
             return None
-        return (st.st_size, st.st_mtime_ns, st.st_ino), st.st_mtime
+        return (st.st_size, st.st_mtime_ns, st.st_ino), st.st_mtime, st.st_ctime_ns
+
+    def _track(self, name: str, seen: tuple[_Key, float, int], now: float) -> None:
+        self._watch[name] = _Observation(seen[0], now, seen[1], seen[2])
+        heapq.heappush(self._due, (now + self.stable_seconds, name))
+
+    def _mark_ready(self, name: str, obs: _Observation, rank: int) -> None:
+        obs.ready = True
+        obs.ticket = next(self._tickets)
+        self._ready_count += 1
+        heapq.heappush(self._ready, (rank, obs.arrived_ns, obs.ticket, name))
+
+    def _drop(self, name: str) -> _Observation | None:
+        obs = self._watch.pop(name, None)
+        if obs is not None and obs.ready:
+            self._ready_count -= 1
+        return obs
 
     def see(self, name: str, now: float) -> bool:
         """Start tracking `name` if it is a candidate; True when it is newly tracked."""
@@ -334,8 +367,7 @@ class Stability:
         seen = self._observe(name)
         if seen is None:
             return False
-        self._watch[name] = _Observation(seen[0], now, seen[1])
-        heapq.heappush(self._due, (now + self.stable_seconds, name))
+        self._track(name, seen, now)
         return True
 
     def first(self, name: str, now: float) -> None:
@@ -345,11 +377,10 @@ class Stability:
         seen = self._observe(name)
         if seen is None:
             return
-        if name in self._watch:
-            with contextlib.suppress(ValueError):
-                self._ready.remove(name)
-        self._watch[name] = _Observation(seen[0], now, seen[1], ready=True)
-        self._ready.appendleft(name)
+        self._drop(name)
+        obs = _Observation(seen[0], now, seen[1], seen[2])
+        self._watch[name] = obs
+        self._mark_ready(name, obs, rank=0)
 
     def check(self, now: float) -> None:
         """Re-stat every tracked name whose check is due; mark the stable ones ready."""
@@ -362,40 +393,48 @@ class Stability:
             if seen is None:
                 del self._watch[name]
             elif seen[0] != obs.key:
-                self._watch[name] = _Observation(seen[0], now, seen[1])
-                heapq.heappush(self._due, (now + self.stable_seconds, name))
-                logs.event(Event.UNSTABLE, level=logging.DEBUG, video=name)
+                if self.retrack:
+                    self._track(name, seen, now)
+                    logs.event(Event.UNSTABLE, level=logging.DEBUG, video=name)
+                else:
+                    del self._watch[name]
+                    logs.event(Event.UNSTABLE, video=name)
             elif self._writing(name):
                 # Unchanged, but a writer holds it open: look again later.
                 heapq.heappush(self._due, (now + max(self.stable_seconds, 1.0), name))
             elif now - obs.since >= self.stable_seconds:
-                obs.ready = True
-                self._ready.append(name)
+                self._mark_ready(name, obs, rank=1)
             else:
                 heapq.heappush(self._due, (obs.since + self.stable_seconds, name))
 
     def take(self, limit: int, now: float) -> list[Candidate]:
-        """Up to `limit` stable candidates, still unchanged; they are no longer tracked."""
+        """Up to `limit` stable candidates, oldest first, still unchanged; they are no
+        longer tracked."""
         taken: list[Candidate] = []
         while self._ready and len(taken) < limit:
-            name = self._ready.popleft()
-            obs = self._watch.pop(name, None)
-            if obs is None:
-                continue
+            _, _, ticket, name = heapq.heappop(self._ready)
+            obs = self._watch.get(name)
+            if obs is None or not obs.ready or obs.ticket != ticket:
+                continue  # stale: taken, forgotten or put first since
+            self._drop(name)
             seen = self._observe(name)
             if seen is None:
                 continue
             if seen[0] != obs.key or self._writing(name):
-                self.see(name, now)
+                if self.retrack:
+                    self.see(name, now)
+                else:
+                    logs.event(Event.UNSTABLE, video=name)
                 continue
             size, mtime_ns, inode = obs.key
             identity = report.Identity(size=size, mtime_ns=mtime_ns, inode=inode)
             taken.append(Candidate(name, identity, obs.mtime))
+        if not self._ready_count:
+            self._ready.clear()  # only stale entries are left
         return taken
 
     def _writing(self, name: str) -> bool:
         return self.open_writes is not None and self.open_writes.writing(name)
 
     def forget(self, name: str) -> None:
-        with contextlib.suppress(KeyError):
-            del self._watch[name]
+        self._drop(name)

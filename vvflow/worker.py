@@ -1,8 +1,7 @@
-"""Claims stable videos, runs them through the pipeline and files them.
+"""The life of one video: claim it, run it through the pipeline, file it.
 
-`Worker.once()` is the burst mode: recover, process everything that is pending and
-stable now, exit. The daemon (`vvflow run`) drives the same `claim_and_run` from its
-watcher and queue.
+The loop (vvflow/daemon.py, for `vvflow run` and, in burst mode, `vvflow once`) finds
+stable videos and hands each to `Worker.claim_and_run` on a worker thread.
 """
 
 from __future__ import annotations
@@ -16,8 +15,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable
-from concurrent import futures
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,19 +64,6 @@ class Outcome:
     error: str | None = None
     #: Back in pending/ (or never claimed) for storage trouble, not for the video.
     storage: bool = False
-
-
-@dataclass
-class Summary:
-    outcomes: list[Outcome] = field(default_factory=list)
-    recovered: int = 0
-
-    def count(self, state: State) -> int:
-        return sum(1 for o in self.outcomes if o.state == state)
-
-    def storage_returned(self) -> list[Outcome]:
-        """Videos left in or returned to pending/ for storage trouble."""
-        return [o for o in self.outcomes if o.storage]
 
 
 class Worker:
@@ -242,29 +227,6 @@ class Worker:
                 moves_repaired=repaired,
             )
         return total
-
-    # -- finding work --------------------------------------------------------------
-
-    def stable_candidates(self, wait: Callable[[float], bool]) -> list[Candidate]:
-        """Candidates whose size and mtime did not change for `stable_seconds`.
-
-        `wait(seconds)` sleeps and returns True when interrupted by a shutdown.
-        """
-        first, ignored = self.layout.scan_pending()
-        for entry in ignored:
-            logs.event(Event.IGNORED, level=logging.DEBUG, video=entry.name, reason=entry.reason)
-        if not first or self.settings.stable_seconds <= 0:
-            return first
-        if wait(self.settings.stable_seconds):
-            return []
-        second = {c.name: c.identity for c in self.layout.scan_pending()[0]}
-        stable = []
-        for candidate in first:
-            if second.get(candidate.name) == candidate.identity:
-                stable.append(candidate)
-            else:
-                logs.event(Event.UNSTABLE, video=candidate.name)
-        return stable
 
     # -- one video -----------------------------------------------------------------
 
@@ -950,81 +912,3 @@ class Worker:
             duration_s=time.monotonic() - started,
         )
         return True
-
-    # -- burst mode ----------------------------------------------------------------
-
-    def once(self, *, stop_requested: Callable[[], bool] = lambda: False) -> Summary:
-        """Recover, then process every video pending and stable now; return what happened.
-
-        `stop_requested` is polled: once true, nothing new is claimed, running stages get
-        `shutdown_grace_seconds` to finish, then are stopped and their videos returned.
-        """
-        summary = Summary()
-        self.start()
-        try:
-            summary.recovered = len(self.recover())
-
-            def wait(seconds: float) -> bool:
-                deadline = time.monotonic() + seconds
-                while time.monotonic() < deadline:
-                    if stop_requested():
-                        return True
-                    time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
-                return stop_requested()
-
-            while True:
-                self._batch(summary, wait, stop_requested)
-                returned = self._watch_undecided(wait)
-                summary.recovered += returned
-                if not returned or self.stopping.is_set() or stop_requested():
-                    break
-        finally:
-            self.close()
-        logs.event(
-            Event.STOPPED,
-            instance=self.id.name,
-            completed=summary.count(State.COMPLETED),
-            failed=summary.count(State.FAILED),
-            released=summary.count(State.PENDING),
-            recovered=summary.recovered,
-            blocked=len(self.blocked),
-        )
-        return summary
-
-    def _batch(
-        self, summary: Summary, wait: Callable[[float], bool], stop_requested: Callable[[], bool]
-    ) -> None:
-        """Process every video pending and stable now."""
-        candidates = self.stable_candidates(wait)
-        logs.event(Event.BATCH, videos=len(candidates))
-        with futures.ThreadPoolExecutor(
-            max_workers=self.settings.workers, thread_name_prefix="vvflow-worker"
-        ) as pool:
-            pending = {pool.submit(self.claim_and_run, c) for c in candidates}
-            grace_deadline: float | None = None
-            while pending:
-                done, pending = futures.wait(pending, timeout=0.1)
-                for fut in done:
-                    outcome = fut.result()
-                    if outcome is not None:
-                        summary.outcomes.append(outcome)
-                if stop_requested() and grace_deadline is None:
-                    grace_deadline = self.request_stop(self.settings.shutdown_grace_seconds)
-                if grace_deadline is not None and time.monotonic() >= grace_deadline:
-                    self.end_grace()
-
-    def _watch_undecided(self, wait: Callable[[float], bool]) -> int:
-        """Before `once` exits: watch the instances it could not judge at a glance
-        (another host's, a stopped one's) until each beat or stayed unchanged for a
-        lease since this run first saw it, and recover the dead. No wall clock can
-        shorten this; it costs at most a lease (a live one beats every lease / 4).
-        Returns how many videos went back to pending/."""
-        returned = 0
-        undecided = set(self.liveness.undecided())
-        if undecided:
-            logs.event(Event.WATCHING_INSTANCES, instances=sorted(undecided),
-                       lease_seconds=self.settings.lease_seconds)  # fmt: skip
-        poll = min(1.0, self.settings.lease_seconds / 8)
-        while undecided & set(self.liveness.undecided()) and not wait(poll):
-            returned += len(self.recover())
-        return returned
