@@ -39,6 +39,23 @@ def run_stage(
     )
 
 
+def progress_of(stderr: str) -> list[float]:
+    """The fractions of the ``vvflow:progress <fraction> [message]`` lines in ``stderr``,
+    checking that each such line is well formed."""
+    fractions = []
+    for line in stderr.splitlines():
+        if line.startswith("vvflow:progress "):
+            fraction = line.split(" ", 2)[1]
+            assert fraction.replace(".", "", 1).isdigit(), line
+            fractions.append(float(fraction))
+    return fractions
+
+
+def other_lines(stderr: str) -> list[str]:
+    """The lines of ``stderr`` that are not progress lines."""
+    return [line for line in stderr.splitlines() if not line.startswith("vvflow:progress ")]
+
+
 Answer = Callable[[dict[str, Any]], tuple[int, dict[str, Any]]]
 
 

@@ -5,13 +5,23 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.media import make_video
-from tests.stage_support import chat_server, closed_port_url, completion, run_stage
+from tests.stage_support import (
+    REPO,
+    chat_server,
+    closed_port_url,
+    completion,
+    other_lines,
+    progress_of,
+    run_stage,
+)
 from vvflow.stages import STAGES
 
 SENTENCE = re.compile(r'[A-Z][^.!?]*(?:\.\d[^.!?]*)*[.!?]"?')
@@ -70,7 +80,11 @@ def test_the_three_stages_chain_into_a_logline(tmp_path: Path) -> None:
     ):
         result = run_stage(stage, source, output)
         assert result.returncode == 0, result.stderr
-        assert result.stderr == ""
+        assert other_lines(result.stderr) == []
+        fractions = progress_of(result.stderr)
+        assert fractions[0] == 0.0
+        assert fractions[-1] == 1.0
+        assert fractions == sorted(fractions)
 
     document = json.loads(logline.read_text())
     text = document["logline"]
@@ -186,6 +200,42 @@ def test_unreachable_llm_from_environment_falls_back(tmp_path: Path) -> None:
     document = json.loads(output.read_text())
     assert document["generator"] == "deterministic"
     assert document["llm"]["fallback_reason"].startswith("unreachable: ")
+    assert result.stderr.splitlines() == [
+        "vvflow:progress 0.000 reading the summary",
+        "vvflow:progress 0.500 asking the LLM",
+        "vvflow:progress 1.000 done",
+    ]
+
+
+@pytest.mark.parametrize("stderr", ["closed", "broken"])
+def test_a_closed_or_broken_stderr_costs_the_lines_not_the_stage(
+    tmp_path: Path, stderr: str
+) -> None:
+    good = tmp_path / "good.summary.json"
+    good.write_text(json.dumps(summary_document(duration=5, scenes=1, texts=["HI"])))
+    bad = tmp_path / "bad.summary.json"
+    bad.write_text("[]")
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("VVFLOW_")}
+    environment["PYTHONPATH"] = str(REPO)
+
+    def run(summary: Path, output: Path) -> int:
+        command = [sys.executable, "-m", "vvflow", "stage", "logline", str(summary), str(output)]
+        if stderr == "closed":
+            # Descriptor 2 closed from the start: the next file opened gets it, and a
+            # progress line must never land in it (the output is written to a new file).
+            proc = subprocess.Popen(command, env=environment, preexec_fn=lambda: os.close(2))
+        else:
+            # A pipe whose reader is gone: every write fails with EPIPE.
+            proc = subprocess.Popen(command, env=environment, stderr=subprocess.PIPE)
+            assert proc.stderr is not None
+            proc.stderr.close()
+        return proc.wait(timeout=60)
+
+    assert run(good, tmp_path / "good.logline.json") == 0
+    document = json.loads((tmp_path / "good.logline.json").read_text())
+    assert '"HI"' in document["logline"]
+    assert run(bad, tmp_path / "bad.logline.json") == 65
+    assert not (tmp_path / "bad.logline.json").exists()
 
 
 @pytest.mark.parametrize(
@@ -206,8 +256,9 @@ def test_bad_input_exits_65_with_one_clear_line(tmp_path: Path, content: str, re
     result = run_stage("logline", summary, output)
 
     assert result.returncode == 65
-    lines = result.stderr.splitlines()
+    lines = other_lines(result.stderr)
     assert len(lines) == 1, result.stderr
+    assert result.stderr.splitlines()[-1] == lines[0]
     assert lines[0].startswith("vvflow stage logline: bad input: ")
     assert reason in lines[0]
     assert not output.exists()

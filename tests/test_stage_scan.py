@@ -24,8 +24,9 @@ from tests.media import (
     make_video,
     segment_colour_names,
 )
-from tests.stage_support import run_stage
+from tests.stage_support import other_lines, progress_of, run_stage
 from vvflow.stages import STAGES
+from vvflow.stages.command import Progress, report_progress
 
 
 def nearest_palette_colour(bgr: npt.NDArray[np.uint8]) -> str:
@@ -215,16 +216,72 @@ def test_options_come_from_flags_else_environment(
     }
 
 
-def test_cli_writes_the_output_and_exits_zero(tmp_path: Path) -> None:
+def test_cli_reports_progress_on_stderr_and_writes_the_same_output(tmp_path: Path) -> None:
     video = make_video(tmp_path / "cli.mp4", seconds=2.0, cuts=1)
     output = tmp_path / "cli.analytic.json"
 
-    result = run_stage("scan", video, output)
+    # No time limit between lines, so a 2 s video shows every 5 % step of its decoding.
+    result = run_stage("scan", video, output, env={"VVFLOW_PROGRESS_SECONDS": "0"})
 
     assert result.returncode == 0, result.stderr
-    assert (result.stdout, result.stderr) == ("", "")
-    assert json.loads(output.read_text())["scene_count"] == 2
+    assert result.stdout == ""
+    assert other_lines(result.stderr) == []
+    fractions = progress_of(result.stderr)
+    assert fractions[0] == 0.0
+    assert fractions[-1] == 1.0
+    assert all(after > before for before, after in itertools.pairwise(fractions)), fractions
+    decoding = fractions[1:-1]
+    assert len(decoding) >= 10, fractions  # from the decoded position, not just start and end
+    assert all(0 < f < 1 for f in decoding)
+    assert all(b - a >= 0.0499 for a, b in itertools.pairwise(decoding)), fractions
+    document = json.loads(output.read_text())
+    assert document["scene_count"] == 2
+    # The same document as a run without a progress line: only which frame near a
+    # scene's middle is its keyframe may differ from run to run (the sampler sees frames
+    # and cuts from two threads), so that frame is left out of the comparison.
+    assert _without_keyframe_frames(document) == _without_keyframe_frames(
+        scan(video, tmp_path / "again.analytic.json")
+    )
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def _without_keyframe_frames(document: dict[str, Any]) -> dict[str, Any]:
+    scenes = [
+        {k: v for k, v in scene.items() if k not in {"keyframe_frame", "keyframe_s"}}
+        for scene in document["scenes"]
+    ]
+    return {**document, "scenes": scenes}
+
+
+def test_progress_lines_wait_for_half_a_second_and_five_percent(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    clock = [0.0]
+    progress = Progress(clock=lambda: clock[0])  # the default limits: no VVFLOW_* here
+    written = []
+    for clock[0], fraction in [
+        (0.0, 0.0),  # the first update is written
+        (0.1, 0.5),  # too soon
+        (0.7, 0.52),
+        (0.8, 0.9),  # too soon
+        (5.0, 0.55),  # too small a step
+        (5.1, 0.6),
+        (5.2, 0.99),  # too soon
+    ]:
+        written.append(progress.update(fraction, "decoding"))
+    report_progress(1.7, "  two\nlines ")
+    report_progress(float("nan"))
+    report_progress(-1, "x" * 200)
+
+    assert written == [True, False, True, False, False, True, False]
+    assert capfd.readouterr().err.splitlines() == [
+        "vvflow:progress 0.000 decoding",
+        "vvflow:progress 0.520 decoding",
+        "vvflow:progress 0.600 decoding",
+        "vvflow:progress 1.000 two lines",
+        "vvflow:progress 0.000",
+        "vvflow:progress 0.000 " + "x" * 80,
+    ]
 
 
 def _truncated_mp4(tmp_path: Path) -> Path:
@@ -285,8 +342,10 @@ def test_bad_input_exits_65_with_one_clear_line(
 
     assert result.returncode == 65
     assert result.stdout == ""
-    lines = result.stderr.splitlines()
+    lines = other_lines(result.stderr)
     assert len(lines) == 1, result.stderr
+    assert result.stderr.splitlines()[-1] == lines[0]  # the last line: what vvflow reports
+    assert 1.0 not in progress_of(result.stderr)
     assert lines[0].startswith("vvflow stage scan: bad input: ")
     assert reason in lines[0]
     assert not output.exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import math
 import os
@@ -14,7 +15,14 @@ from typing import Any
 import pytest
 
 from tests.media import AUDIO_AMPLITUDE, make_video, segment_colour_names
-from tests.stage_support import chat_server, closed_port_url, completion, run_stage
+from tests.stage_support import (
+    chat_server,
+    closed_port_url,
+    completion,
+    other_lines,
+    progress_of,
+    run_stage,
+)
 from vvflow.stages import STAGES
 
 
@@ -191,11 +199,19 @@ def test_llm_from_environment_falls_back_when_unreachable(titled: Path, tmp_path
             "VVFLOW_LLM_BASE_URL": closed_port_url(),
             "VVFLOW_LLM_MODEL": "m",
             "VVFLOW_LLM_TIMEOUT_SECONDS": "5",
+            "VVFLOW_PROGRESS_SECONDS": "0",
         },
     )
 
     assert result.returncode == 0, result.stderr
-    assert result.stderr == ""
+    assert other_lines(result.stderr) == []
+    # Every sampled frame of the 3 scenes (5 % apart at least), then each LLM request.
+    fractions = progress_of(result.stderr)
+    assert fractions[0] == 0.0
+    assert fractions[-1] == 1.0
+    assert all(after > before for before, after in itertools.pairwise(fractions)), fractions
+    assert len([f for f in fractions if 0 < f <= 0.85]) >= 9, fractions
+    assert "asking the LLM about scene 1" in result.stderr
     document = json.loads(output.read_text())
     assert document["generator"] == "deterministic"
     assert document["llm"]["used"] is False
@@ -271,8 +287,9 @@ def test_bad_input_exits_65_with_one_clear_line(
     result = run_stage("summarize", analytic, output)
 
     assert result.returncode == 65
-    lines = result.stderr.splitlines()
+    lines = other_lines(result.stderr)
     assert len(lines) == 1, result.stderr
+    assert result.stderr.splitlines()[-1] == lines[0]
     assert lines[0].startswith("vvflow stage summarize: bad input: ")
     assert reason in lines[0]
     assert not output.exists()

@@ -1,16 +1,25 @@
 """What every built-in stage command shares: exit codes, the bad-input error, the run
-wrapper that turns errors into one stderr line, and atomic output files."""
+wrapper that turns errors into one stderr line, progress lines, and atomic output files.
+
+Progress: a stage reports how far it is with lines ``vvflow:progress <fraction>`` (0..1,
+optionally followed by a space and a short message) on stderr, the contract vvflow reads
+from every stage command. ``report_progress`` is the one place that writes such a line;
+``Progress`` throttles a stage that could report at every frame, and ``run_stage`` ends
+every successful run with ``vvflow:progress 1``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import json
+import math
 import os
 import signal
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
@@ -23,6 +32,13 @@ EX_DATAERR = 65  # sysexits.h: the input data was incorrect; vvflow does not ret
 
 SCHEMA_VERSION = 1
 
+PROGRESS_PREFIX = "vvflow:progress"
+#: A throttled stage reports at most this often (env VVFLOW_PROGRESS_SECONDS) ...
+PROGRESS_SECONDS = 0.5
+#: ... and only once the fraction moved by at least this much: whichever is rarer.
+PROGRESS_STEP = 0.05
+_PROGRESS_MESSAGE_CHARS = 80
+
 
 class BadInput(Exception):
     """The input is not something this stage can work on; retrying cannot help."""
@@ -33,6 +49,7 @@ def run_stage(name: str, work: Callable[[], None]) -> int:
     try:
         with _sigterm_as_exit():
             work()
+        report_progress(1.0, "done")
     except BadInput as error:
         _say(f"vvflow stage {name}: bad input: {error}")
         return EX_DATAERR
@@ -115,9 +132,83 @@ def relative_to_root(path: Path, root: Path | None) -> str:
     return str(absolute)
 
 
+def report_progress(fraction: float, message: str = "") -> None:
+    """Write ``vvflow:progress <fraction> [message]`` on stderr; never fails.
+
+    The fraction is clamped to 0..1; the message is made one line of at most 80
+    characters. A closed or broken stderr loses the line, not the stage.
+    """
+    value = min(1.0, max(0.0, fraction)) if math.isfinite(fraction) else 0.0
+    words = " ".join(message.split())[:_PROGRESS_MESSAGE_CHARS].rstrip()
+    _write_stderr(f"{PROGRESS_PREFIX} {value:.3f}" + (f" {words}" if words else ""))
+
+
+class Progress:
+    """Progress lines for a stage that could report at every frame: the first update is
+    written, then one only when ``min_seconds`` passed *and* the fraction moved by
+    ``min_step`` since the last line written, so a long run writes at most about
+    1 / ``min_step`` lines and a short one a handful. Fractions only go up."""
+
+    def __init__(
+        self,
+        *,
+        min_step: float = PROGRESS_STEP,
+        min_seconds: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._min_step = min_step
+        self._min_seconds = progress_seconds() if min_seconds is None else min_seconds
+        self._clock = clock
+        self._fraction: float | None = None
+        self._at = 0.0
+
+    def update(self, fraction: float, message: str = "") -> bool:
+        """Report ``fraction`` if it is due; return whether a line was written."""
+        now = self._clock()
+        last = self._fraction
+        if last is not None and (
+            fraction < last + self._min_step or now - self._at < self._min_seconds
+        ):
+            return False
+        self._fraction, self._at = fraction, now
+        report_progress(fraction, message)
+        return True
+
+
+def progress_seconds() -> float:
+    """The least time between two throttled progress lines: $VVFLOW_PROGRESS_SECONDS,
+    else 0.5 s (tests set 0 to see every step of a short video)."""
+    try:
+        value = float(env_default("VVFLOW_PROGRESS_SECONDS") or PROGRESS_SECONDS)
+    except ValueError:
+        return PROGRESS_SECONDS
+    return value if math.isfinite(value) and value >= 0 else PROGRESS_SECONDS
+
+
 def _say(line: str) -> None:
-    sys.stderr.write(" ".join(line.split()) + "\n")
-    sys.stderr.flush()
+    _write_stderr(" ".join(line.split()))
+
+
+def _write_stderr(line: str) -> None:
+    # Straight to the file descriptor, so a failed write leaves nothing buffered: a
+    # stderr buffer that cannot be flushed at exit turns the exit code into 120.
+    # sys.stderr is None when descriptor 2 was closed at start; then descriptor 2 may be
+    # a file the stage opened since, and must never be written to.
+    stream = sys.stderr
+    if stream is None:
+        return
+    data = (line + "\n").encode("utf-8", "backslashreplace")
+    with contextlib.suppress(OSError, ValueError):
+        stream.flush()
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError):  # not a real file (io.UnsupportedOperation, closed)
+        with contextlib.suppress(OSError, ValueError):
+            stream.write(data.decode("utf-8"))
+            stream.flush()
+        return
+    with contextlib.suppress(OSError):
+        os.write(fd, data)
 
 
 @contextlib.contextmanager

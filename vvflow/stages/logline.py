@@ -2,6 +2,9 @@
 
 Built from the summary (length, structure, colours, sound, on-screen text), or written
 by an OpenAI-compatible chat endpoint when one is configured and answers.
+
+Progress (``vvflow:progress`` lines on stderr, see ``command.py``): 0 on start, 0.5
+before the LLM request, 1 when the output is written.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from vvflow.stages.command import (
     add_io_arguments,
     env_default,
     read_json_object,
+    report_progress,
     run_stage,
     write_json,
 )
@@ -60,6 +64,7 @@ def main(argv: list[str]) -> int:
 def logline(summary_path: Path, *, settings: LLMSettings | None = None) -> dict[str, Any]:
     """The logline document for the summary at ``summary_path``."""
     settings = settings or LLMSettings()
+    report_progress(0.0, "reading the summary")
     summary = read_json_object(summary_path, SUMMARY)
     scenes = summary.get("scenes")
     if not isinstance(scenes, list) or not scenes or not all(isinstance(s, dict) for s in scenes):
@@ -71,6 +76,7 @@ def logline(summary_path: Path, *, settings: LLMSettings | None = None) -> dict[
     generator = DETERMINISTIC
     reason: str | None = "not configured (no base URL or model)"
     if settings.configured:
+        report_progress(0.5, "asking the LLM")
         try:
             text = _llm_logline(settings, summary)
         except LLMUnavailable as error:

@@ -52,6 +52,8 @@ class SceneMeasures:
 
 
 TextReader = Callable[[Image], list[str]]
+#: Told the share of the pictures measured so far (0..1) and what is being done.
+ProgressSink = Callable[[float, str], object]
 
 
 def ocr_frame_numbers(span: SceneSpan) -> list[int]:
@@ -63,11 +65,17 @@ def ocr_frame_numbers(span: SceneSpan) -> list[int]:
     return sorted({span.start_frame + math.floor((k + 0.5) * length / count) for k in range(count)})
 
 
-def measure(video: Path, spans: Sequence[SceneSpan], read_text: TextReader) -> list[SceneMeasures]:
+def measure(
+    video: Path,
+    spans: Sequence[SceneSpan],
+    read_text: TextReader,
+    progress: ProgressSink | None = None,
+) -> list[SceneMeasures]:
     """Decode ``video`` once and measure every scene in ``spans``.
 
     ``read_text`` gets a few full-size BGR frames of each scene as they decode (so no
     frames pile up in memory) and returns the lines of text it reads in them.
+    ``progress`` is told the share of the scenes' frames measured, at every sampled frame.
     """
     try:
         container = av.open(str(video), metadata_errors="ignore")
@@ -76,7 +84,9 @@ def measure(video: Path, spans: Sequence[SceneSpan], read_text: TextReader) -> l
     with container:
         if not container.streams.video:
             raise BadInput(f"{video}: no video stream")
-        measures = _measure_pictures(container, spans, read_text)
+        measures = _measure_pictures(container, spans, read_text, progress)
+    if progress is not None:
+        progress(1.0, "the sound")
     loudness = _loudness_per_scene(video, spans)
     if loudness is not None:
         for scene, value in zip(measures, loudness, strict=True):
@@ -85,7 +95,10 @@ def measure(video: Path, spans: Sequence[SceneSpan], read_text: TextReader) -> l
 
 
 def _measure_pictures(
-    container: av.container.InputContainer, spans: Sequence[SceneSpan], read_text: TextReader
+    container: av.container.InputContainer,
+    spans: Sequence[SceneSpan],
+    read_text: TextReader,
+    progress: ProgressSink | None,
 ) -> list[SceneMeasures]:
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
@@ -97,6 +110,7 @@ def _measure_pictures(
     luma: list[list[float]] = [[] for _ in spans]
     motion: list[list[float]] = [[] for _ in spans]
     colours: list[Counter[str]] = [Counter() for _ in spans]
+    frames = max(1, spans[-1].end_frame - spans[0].start_frame) if spans else 1
     scene = 0
     previous: npt.NDArray[np.float32] | None = None
     try:
@@ -115,12 +129,17 @@ def _measure_pictures(
             if previous is not None:
                 motion[scene].append(float(np.abs(gray - previous).mean()) / 255)
             previous = gray
-            if (number - span.start_frame) % colour_every[scene] == 0:
+            sampled = (number - span.start_frame) % colour_every[scene] == 0
+            if sampled:
                 colours[scene].update(colour_names(small))
             if number in ocr_wanted[scene]:
                 measures[scene].ocr_frames.append(number)
                 full = np.asarray(frame.to_ndarray(format="bgr24"), dtype=np.uint8)
                 measures[scene].text_lines.extend(read_text(full))
+                sampled = True
+            if sampled and progress is not None:
+                done = (number + 1 - spans[0].start_frame) / frames
+                progress(done, f"scene {span.index} of {len(spans)}")
     except av.FFmpegError:
         # The scan stage already judged this file whole; a damaged tail only costs the
         # measurements of the frames it holds.

@@ -2,6 +2,10 @@
 
 Writes the analytic JSON (README.md, "Built-in stage outputs") to OUTPUT, and one JPEG
 per scene plus ``contact-sheet.jpg`` to ``<root>/keyframes/<stem>/``.
+
+Progress (``vvflow:progress`` lines on stderr, see ``command.py``): 0 on start, then the
+share of the duration decoded, at most every 0.5 s and 5 % (whichever is rarer), held
+below 1 until the output is written.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -33,6 +38,7 @@ from scenedetect.backends.opencv import VideoStreamCv2  # type: ignore[import-un
 from vvflow.stages.command import (
     SCHEMA_VERSION,
     BadInput,
+    Progress,
     add_io_arguments,
     env_default,
     relative_to_root,
@@ -74,6 +80,9 @@ DETECTION_SIDE = 128
 # A file is truncated when fewer than this share of the frames its header promises decode
 # (and more than a couple are missing: headers are often off by a frame or two).
 TRUNCATED_BELOW = 0.9
+# Progress is the share of the duration decoded, held below 1 until the stage is done:
+# naming the keyframes and drawing the contact sheet come after the last frame.
+_DECODED_AT_MOST = 0.99
 _TOLERATED_MISSING_FRAMES = 2
 
 
@@ -121,6 +130,8 @@ def scan(
     its folder is the root that keyframe paths are relative to.
     """
     options = options or ScanOptions()
+    progress = Progress()
+    progress.update(0.0, "probing")
     _quiet_decoders()
     stem = env_default("VVFLOW_STEM") or video.stem
     root_env = env_default("VVFLOW_ROOT")
@@ -130,9 +141,15 @@ def scan(
 
     info = probe(video)
     stream = _open(video)
+    duration = _duration(info)
+
+    def decoded_until(seconds: float) -> None:
+        if duration:
+            progress.update(min(_DECODED_AT_MOST, seconds / duration), "detecting scenes")
+
     with staged_folder(keyframes_dir) as staging:
         keyframes = _Keyframes(staging)
-        scenes, decoded = _detect(stream, options, keyframes)
+        scenes, decoded = _detect(stream, options, keyframes, decoded_until)
         expected = int(info["video"]["frame_count_header"])
         if decoded == 0:
             raise BadInput(f"{video}: no video frame decodes")
@@ -174,19 +191,35 @@ def scan(
     }
 
 
+def _duration(info: dict[str, Any]) -> float | None:
+    """The video's length in seconds: the container's, else frames over frame rate."""
+    duration = info.get("duration_s")
+    if isinstance(duration, int | float) and duration > 0:
+        return float(duration)
+    stream = info.get("video") or {}
+    frames, fps = stream.get("frame_count_header"), stream.get("fps")
+    if isinstance(frames, int | float) and isinstance(fps, int | float) and frames > 0 < fps:
+        return float(frames) / float(fps)
+    return None
+
+
 class _SampledStream(VideoStreamCv2):  # type: ignore[misc]  # scenedetect is untyped
-    """OpenCV's stream, showing each decoded frame to ``sampler`` while one is set.
+    """OpenCV's stream, showing each decoded frame to ``sampler`` and its time to
+    ``decoded_until`` while they are set.
 
     This runs in SceneManager's decoding thread, before it downscales the frame for
     detection: the one place where every frame exists at full size.
     """
 
     sampler: KeyframeSampler | None = None
+    decoded_until: Callable[[float], None] | None = None
 
     def read(self, decode: bool = True) -> Any:
         frame = super().read(decode)
         if self.sampler is not None and isinstance(frame, np.ndarray):
             self.sampler.offer(self.position.frame_num, frame)
+        if self.decoded_until is not None and frame is not False:
+            self.decoded_until(self.position.seconds)
         return frame
 
 
@@ -210,17 +243,20 @@ def _detector(options: ScanOptions, fps: float) -> SceneDetector:
 
 
 def _detect(
-    stream: _SampledStream, options: ScanOptions, keyframes: _Keyframes
+    stream: _SampledStream,
+    options: ScanOptions,
+    keyframes: _Keyframes,
+    decoded_until: Callable[[float], None],
 ) -> tuple[list[dict[str, Any]], int]:
     manager = SceneManager()
     manager.auto_downscale = False
     manager.downscale = max(1, max(stream.frame_size) // DETECTION_SIDE)
     manager.add_detector(_SamplingDetector(_detector(options, stream.frame_rate), keyframes))
-    stream.sampler = keyframes.sampler
+    stream.sampler, stream.decoded_until = keyframes.sampler, decoded_until
     try:
         decoded = manager.detect_scenes(stream)
     finally:
-        stream.sampler = None
+        stream.sampler = stream.decoded_until = None
     scenes: list[dict[str, Any]] = []
     for number, (start, end) in enumerate(manager.get_scene_list(start_in_scene=True), 1):
         scenes.append(

@@ -3,6 +3,10 @@ the text on screen, a sentence per scene and a summary of the whole video.
 
 The texts are deterministic, built from the measurements, unless an OpenAI-compatible
 chat endpoint is configured and answers; the JSON says which wrote them.
+
+Progress (``vvflow:progress`` lines on stderr, see ``command.py``): the share of the
+scenes' frames measured (0 to 0.85, at the sampled and OCR frames), then each LLM
+request, at most every 0.5 s and 5 %; 1 when the output is written.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 from vvflow.stages.command import (
     SCHEMA_VERSION,
     BadInput,
+    Progress,
     add_io_arguments,
     env_default,
     read_json_object,
@@ -43,6 +48,11 @@ _SCENE_PROMPT = (
     "You write catalogue descriptions of video scenes. Answer with exactly one plain "
     "sentence of at most 30 words describing what the scene shows, no preamble."
 )
+# Shares of the run, for progress: measuring the pictures (and reading their text) is
+# nearly all of it without an LLM; the LLM's requests come last.
+_PICTURES_SHARE = 0.85
+_LLM_FROM = 0.9
+
 _SUMMARY_PROMPT = (
     "You write catalogue summaries of videos. Answer with two or three plain sentences "
     "summarising the whole video, no preamble, no list."
@@ -69,12 +79,17 @@ def summarize(
     The video is ``video``, else ``$VVFLOW_VIDEO``, else the path the scan recorded.
     """
     settings = settings or LLMSettings()
+    progress = Progress()
+    progress.update(0.0, "reading the scan")
     analytic = read_json_object(analytic_path, ANALYTIC)
     spans = _spans(analytic, analytic_path)
     video = video or _recorded_video(analytic, analytic_path)
     check_readable(video)
 
-    measures = measure(video, spans, read_text)
+    def measured(share: float, what: str) -> None:
+        progress.update(share * _PICTURES_SHARE, f"measuring {what}")
+
+    measures = measure(video, spans, read_text, measured)
     has_audio = bool(analytic.get("audio_streams"))
     scenes = [
         _scene_record(scene, result)
@@ -90,7 +105,15 @@ def summarize(
     if settings.configured:
         try:
             keyframes = _keyframe_root(analytic_path)
-            descriptions = [_llm_scene(settings, scene, len(scenes), keyframes) for scene in scenes]
+            descriptions = []
+            for number, scene in enumerate(scenes):
+                share = _LLM_FROM + (1 - _LLM_FROM) * number / (len(scenes) + 1)
+                progress.update(share, f"asking the LLM about scene {scene['index']}")
+                descriptions.append(_llm_scene(settings, scene, len(scenes), keyframes))
+            progress.update(
+                _LLM_FROM + (1 - _LLM_FROM) * len(scenes) / (len(scenes) + 1),
+                "asking the LLM for the summary",
+            )
             summary = _llm_summary(settings, analytic, scenes, descriptions, on_screen)
         except LLMUnavailable as error:
             reason = str(error)
