@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import threading
 import time
@@ -39,7 +40,7 @@ from typing import Any
 
 from vvflow import instance, logs, report
 from vvflow.atomicfs import makedirs, write_atomic
-from vvflow.errors import Cancelled
+from vvflow.errors import Cancelled, StorageFailed, is_storage_error
 from vvflow.events import Event
 from vvflow.layout import (
     BUILT,
@@ -49,9 +50,13 @@ from vvflow.layout import (
     HASHED,
     INDEX,
     SIZES,
+    Claim,
     Layout,
     State,
+    split_name,
 )
+from vvflow.pipeline import publish
+from vvflow.report import StageStatus
 
 CHUNK = 1 << 20
 
@@ -443,3 +448,148 @@ def derive_output(source: Path, tmp: Path, paths: DerivedPaths) -> None:
         os.link(source, tmp)
     except OSError:
         tmp.write_bytes(raw)
+
+
+class ClaimContent:
+    """The content identity of one claimed video: the completed original it duplicates,
+    if any, its outputs made the duplicate's, and its entry in the index once it is
+    completed. While it runs, a marker in its instance's folder says that a video of
+    its size runs there (`marker`, released by `release`)."""
+
+    def __init__(
+        self,
+        index: ContentIndex,
+        claim: Claim,
+        rep: report.Report,
+        save: report.Saver,
+        *,
+        lease_folder: Path,
+        output_paths: Callable[[str, str], dict[str, Path]],
+        cancel: threading.Event,
+        guard: Callable[[], None],
+    ) -> None:
+        self.index = index
+        self.layout = index.layout
+        self.claim = claim
+        self.rep = rep
+        self.save = save
+        self.lease_folder = lease_folder
+        #: (name, stem) -> stage name -> the final path of that stage's output.
+        self.output_paths = output_paths
+        self.cancel = cancel
+        #: Raises unless the claim is still this instance's, unchanged (Worker._guard).
+        self.guard = guard
+        #: This video's running marker, once no original was found.
+        self.marker: Path | None = None
+
+    def find_original(self) -> report.Report | None:
+        """Find a completed video with the same content, hashing this one (once: the
+        digest is kept in its report) only when a video of its very size is completed
+        or running. While an earlier video of the same content runs, wait for it.
+        Returns the original; without one, this video's running marker is `marker`."""
+        claim, size = self.claim, self.claim.identity.size
+        marker: Path | None = None
+        waiting_since: float | None = None
+        try:
+            while True:
+                original = self.index.find(
+                    size, self._digest, exclude=claim.name, cancel=self.cancel
+                )
+                if original is not None:
+                    self.index.release(marker)
+                    return original
+                if marker is None:
+                    marker = self.index.register(size, claim.path, self.lease_folder)
+                    continue  # look again: one may have completed meanwhile
+                if not self.index.others_running(size, marker):
+                    self.marker = marker
+                    return None
+                digest = self._digest()
+                if not self.index.earlier_same_content(size, marker, digest):
+                    self.marker = marker
+                    return None
+                if waiting_since is None:
+                    waiting_since = time.monotonic()
+                    self.save()
+                    logs.event(Event.WAITING_FOR_ORIGINAL, video=claim.name, size=size)
+                if self.cancel.wait(0.2):
+                    raise Cancelled("shutdown requested while waiting for the original")
+                self.guard()
+        except BaseException:
+            self.index.release(marker)
+            raise
+
+    def _digest(self) -> str:
+        rep = self.rep
+        if rep.sha256 is None:
+            started = time.monotonic()
+            rep.sha256 = sha256_file(self.claim.path, self.cancel)
+            self.save()
+            logs.event(
+                Event.HASHED,
+                video=self.claim.name,
+                sha256=rep.sha256,
+                size=self.claim.identity.size,
+                duration_s=time.monotonic() - started,
+            )
+        return rep.sha256
+
+    def reuse(self, original: report.Report, workspace: Path) -> bool:
+        """Give the duplicate the original's outputs; False (run the stages) when one of
+        them is gone."""
+        claim, rep, root = self.claim, self.rep, self.layout.root
+        started = time.monotonic()
+        sources = self.output_paths(original.name, split_name(original.name)[0])
+        targets = self.output_paths(claim.name, claim.stem)
+        if not all(path.is_file() for path in sources.values()):
+            return False
+        paths = DerivedPaths.of(
+            root,
+            self.layout.processing,
+            (original.name, claim.path),
+            [(sources[stage], targets[stage]) for stage in sources],
+        )
+        for stage, source in sources.items():
+            tmp = workspace / targets[stage].name
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            derive_output(source, tmp, paths)
+            self.guard()
+            publish(tmp, targets[stage], root)
+            record = rep.stage(stage)
+            record.status = StageStatus.SUCCEEDED
+            record.output = os.path.relpath(targets[stage], root)
+            record.identity = rep.identity
+            record.error = None
+        rep.duplicate_of = original.name
+        self.save()
+        logs.event(
+            Event.DUPLICATE,
+            video=claim.name,
+            duplicate_of=original.name,
+            sha256=rep.sha256,
+            duration_s=time.monotonic() - started,
+        )
+        return True
+
+    def record(self, workspace: Path) -> None:
+        """Index the completed video, after its report says so and before its move: a
+        lookup believes an entry only when the report agrees (one written earlier would
+        be dropped by a concurrent lookup), and a crash after the move must not leave
+        an original unindexed. The index is a cache: a failed write only loses a
+        duplicate match, except on a storage error, which files nothing (StorageFailed)."""
+        claim, rep = self.claim, self.rep
+        try:
+            if rep.duplicate_of is None:
+                self.index.record(claim.name, claim.identity.size, rep.sha256, tmp_dir=workspace)
+            else:
+                self.index.record_duplicate(claim.name)
+        except OSError as exc:
+            if is_storage_error(exc):
+                raise StorageFailed(f"cannot index {claim.name!r}: {exc.strerror}") from None
+            logs.event(Event.REPORT_UNWRITABLE, level=logging.ERROR, video=claim.name,
+                       error=f"cannot index {claim.name!r}: {exc.strerror}")  # fmt: skip
+
+    def release(self) -> None:
+        """Say that this video runs no more (its marker goes)."""
+        self.index.release(self.marker)

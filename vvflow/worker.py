@@ -32,8 +32,8 @@ from vvflow.errors import (
     is_storage_error,
 )
 from vvflow.events import Event
-from vvflow.layout import MOVES, WORK, Candidate, Claim, Layout, State, split_name
-from vvflow.pipeline import Job, Pipeline, publish
+from vvflow.layout import MOVES, WORK, Candidate, Claim, Layout, State
+from vvflow.pipeline import Job, Pipeline
 from vvflow.report import StageStatus
 from vvflow.watcher import container_signature, describe_writers, open_writers, read_head
 
@@ -669,7 +669,16 @@ class Worker:
             instance=self.id.name,
         )
         state = State.FAILED
-        marker: Path | None = None
+        content = dedupe.ClaimContent(
+            self.index,
+            claim,
+            rep,
+            save,
+            lease_folder=self.lease.folder,
+            output_paths=self.pipeline.output_paths,
+            cancel=self.cancel,
+            guard=lambda: self._guard(claim),
+        )
         #: Why the video goes back to pending/ for the storage, not for itself.
         returned_for: str | None = None
         try:
@@ -684,8 +693,8 @@ class Worker:
             else:
                 original = None
                 if self.settings.dedupe and rep.dedupe:
-                    original, marker = self._find_original(claim, rep, save)
-                if original is None or not self._reuse(claim, rep, original, workspace, save):
+                    original = content.find_original()
+                if original is None or not content.reuse(original, workspace):
                     job = Job(claim.path, claim.name, claim.stem, self.layout.root, workspace)
                     self.pipeline.run(
                         job, rep, save=save, guard=lambda: self._guard(claim), cancel=self.cancel
@@ -700,11 +709,11 @@ class Worker:
         except LeaseLost as exc:
             logs.event(Event.LEASE_LOST, level=logging.WARNING, video=claim.name, error=str(exc))
             shutil.rmtree(workspace, ignore_errors=True)
-            self.index.release(marker)
+            content.release()
             return None
         except ClaimChanged as exc:
             self._abandon(claim, rep, rpath, workspace, str(exc))
-            self.index.release(marker)
+            content.release()
             return None
         except OSError as exc:
             reason = f"storage error: {exc.strerror or exc}: {exc.filename or ''}".strip()
@@ -734,7 +743,7 @@ class Worker:
             try:
                 save(True)
                 if state == State.COMPLETED and self.settings.dedupe:
-                    self._index(claim, rep, workspace)
+                    content.record(workspace)
             except StorageFailed as exc:
                 # Its report cannot say where it goes, so it is not filed: back to
                 # pending/, where its report as last written lets it resume.
@@ -777,7 +786,7 @@ class Worker:
             return Outcome(claim.name, State.PENDING, reason, storage=True)
         finally:
             shutil.rmtree(workspace, ignore_errors=True)
-            self.index.release(marker)
+            content.release()
         event = {
             State.COMPLETED: Event.COMPLETED,
             State.FAILED: Event.FAILED,
@@ -797,118 +806,3 @@ class Worker:
         return Outcome(
             claim.name, state, returned_for or rep.error, storage=returned_for is not None
         )
-
-    # -- content identity ------------------------------------------------------------
-
-    def _find_original(
-        self, claim: Claim, rep: report.Report, save: report.Saver
-    ) -> tuple[report.Report | None, Path | None]:
-        """Find a completed video with the same content, hashing this one (once: the
-        digest is kept in its report) only when a video of its very size is completed
-        or running. While an earlier video of the same content runs, wait for it.
-        Returns the original, or this video's running marker."""
-        size = claim.identity.size
-        marker: Path | None = None
-        waiting_since: float | None = None
-        try:
-            while True:
-                original = self.index.find(
-                    size, lambda: self._digest(claim, rep, save), exclude=claim.name,
-                    cancel=self.cancel,
-                )  # fmt: skip
-                if original is not None:
-                    self.index.release(marker)
-                    return original, None
-                if marker is None:
-                    marker = self.index.register(size, claim.path, self.lease.folder)
-                    continue  # look again: one may have completed meanwhile
-                if not self.index.others_running(size, marker):
-                    return None, marker
-                digest = self._digest(claim, rep, save)
-                if not self.index.earlier_same_content(size, marker, digest):
-                    return None, marker
-                if waiting_since is None:
-                    waiting_since = time.monotonic()
-                    save()
-                    logs.event(Event.WAITING_FOR_ORIGINAL, video=claim.name, size=size)
-                if self.cancel.wait(0.2):
-                    raise Cancelled("shutdown requested while waiting for the original")
-                self._guard(claim)
-        except BaseException:
-            self.index.release(marker)
-            raise
-
-    def _index(self, claim: Claim, rep: report.Report, workspace: Path) -> None:
-        """Index a completed video, after its report says so and before its move: a
-        lookup believes an entry only when the report agrees (one written earlier would
-        be dropped by a concurrent lookup), and a crash after the move must not leave
-        an original unindexed. The index is a cache: a failed write only loses a
-        duplicate match, except on a storage error, which files nothing (StorageFailed)."""
-        try:
-            if rep.duplicate_of is None:
-                self.index.record(claim.name, claim.identity.size, rep.sha256, tmp_dir=workspace)
-            else:
-                self.index.record_duplicate(claim.name)
-        except OSError as exc:
-            if is_storage_error(exc):
-                raise StorageFailed(f"cannot index {claim.name!r}: {exc.strerror}") from None
-            logs.event(Event.REPORT_UNWRITABLE, level=logging.ERROR, video=claim.name,
-                       error=f"cannot index {claim.name!r}: {exc.strerror}")  # fmt: skip
-
-    def _digest(self, claim: Claim, rep: report.Report, save: report.Saver) -> str:
-        if rep.sha256 is None:
-            started = time.monotonic()
-            rep.sha256 = dedupe.sha256_file(claim.path, self.cancel)
-            save()
-            logs.event(
-                Event.HASHED,
-                video=claim.name,
-                sha256=rep.sha256,
-                size=claim.identity.size,
-                duration_s=time.monotonic() - started,
-            )
-        return rep.sha256
-
-    def _reuse(
-        self,
-        claim: Claim,
-        rep: report.Report,
-        original: report.Report,
-        workspace: Path,
-        save: report.Saver,
-    ) -> bool:
-        """Give a duplicate the original's outputs; False (run the stages) when one of
-        them is gone."""
-        started = time.monotonic()
-        sources = self.pipeline.output_paths(original.name, split_name(original.name)[0])
-        targets = self.pipeline.output_paths(claim.name, claim.stem)
-        if not all(path.is_file() for path in sources.values()):
-            return False
-        paths = dedupe.DerivedPaths.of(
-            self.layout.root,
-            self.layout.processing,
-            (original.name, claim.path),
-            [(sources[stage], targets[stage]) for stage in sources],
-        )
-        for stage, source in sources.items():
-            tmp = workspace / targets[stage].name
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            dedupe.derive_output(source, tmp, paths)
-            self._guard(claim)
-            publish(tmp, targets[stage], self.layout.root)
-            record = rep.stage(stage)
-            record.status = StageStatus.SUCCEEDED
-            record.output = os.path.relpath(targets[stage], self.layout.root)
-            record.identity = rep.identity
-            record.error = None
-        rep.duplicate_of = original.name
-        save()
-        logs.event(
-            Event.DUPLICATE,
-            video=claim.name,
-            duplicate_of=original.name,
-            sha256=rep.sha256,
-            duration_s=time.monotonic() - started,
-        )
-        return True
