@@ -43,6 +43,10 @@ DEFAULT_ROOT = Path("storage")
 PLACEHOLDERS = ("video", "name", "stem", "root", "output")
 #: Placeholders an output path may use.
 OUTPUT_PLACEHOLDERS = ("name", "stem")
+#: The placeholder of a stage's folder output; an earlier stage's published folder is
+#: `{<stage>_dir}`.
+OUTPUT_DIR_PLACEHOLDER = "output_dir"
+DIR_SUFFIX = "_dir"
 
 DEFAULT_EXTENSIONS = (
     ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".wmv", ".flv", ".mpg", ".mpeg",
@@ -79,6 +83,21 @@ def template_fields(template: str) -> list[str]:
     return fields
 
 
+def _output_template(value: str, kind: str) -> str:
+    fields = template_fields(value)
+    unknown = sorted(set(fields) - set(OUTPUT_PLACEHOLDERS))
+    if unknown:
+        raise ValueError(f"unknown placeholder {{{unknown[0]}}} (use {{stem}} or {{name}})")
+    if not fields:
+        raise ValueError(f"must contain {{stem}} or {{name}}, else every video writes one {kind}")
+    path = PurePosixPath(value)
+    if not value or path.is_absolute() or ".." in path.parts or value.endswith("/"):
+        raise ValueError(f"must be a {kind} path relative to the storage root, without '..'")
+    if path.parts[0] == INPUT:
+        raise ValueError(f"must not be inside {INPUT}/, which holds the videos")
+    return value
+
+
 class StageConfig(BaseModel):
     """One `[[stages]]` table."""
 
@@ -91,6 +110,34 @@ class StageConfig(BaseModel):
     attempts: int = Field(default=3, ge=1, le=100)
     backoff_seconds: float = Field(default=2.0, ge=0)
     backoff_max_seconds: float = Field(default=60.0, ge=0)
+    #: At most this many runs of this stage at once in one instance (None: up to
+    #: `workers`, one per video in flight).
+    concurrency: int | None = Field(default=None, ge=1, le=256)
+    #: Named resources (top-level `[resources]`) each run holds, with amounts:
+    #: `uses = ["gpu"]` is `uses = { gpu = 1 }`.
+    uses: dict[str, int] = Field(default_factory=dict)
+    #: A folder output: `{output_dir}` is an empty folder in the workspace, published
+    #: whole to this path (relative to the root) by one rename after exit 0.
+    output_dir: str | None = None
+
+    @field_validator("uses", mode="before")
+    @classmethod
+    def _uses_list(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            if not all(isinstance(name, str) for name in value):
+                raise ValueError("must be a list of resource names or a table of amounts")
+            if len(set(value)) != len(value):
+                raise ValueError("names a resource twice")
+            return {name: 1 for name in value}
+        return value
+
+    @field_validator("uses")
+    @classmethod
+    def _uses(cls, value: dict[str, int]) -> dict[str, int]:
+        for name, amount in value.items():
+            if amount < 1:
+                raise ValueError(f"amount of {name!r} must be >= 1, not {amount}")
+        return value
 
     @field_validator("name")
     @classmethod
@@ -104,18 +151,12 @@ class StageConfig(BaseModel):
     @field_validator("output")
     @classmethod
     def _output(cls, value: str) -> str:
-        fields = template_fields(value)
-        unknown = sorted(set(fields) - set(OUTPUT_PLACEHOLDERS))
-        if unknown:
-            raise ValueError(f"unknown placeholder {{{unknown[0]}}} (use {{stem}} or {{name}})")
-        if not fields:
-            raise ValueError("must contain {stem} or {name}, else every video writes one file")
-        path = PurePosixPath(value)
-        if path.is_absolute() or ".." in path.parts or value.endswith("/"):
-            raise ValueError("must be a file path relative to the storage root, without '..'")
-        if path.parts[0] == INPUT:
-            raise ValueError(f"must not be inside {INPUT}/, which holds the videos")
-        return value
+        return _output_template(value, "file")
+
+    @field_validator("output_dir")
+    @classmethod
+    def _output_dir(cls, value: str | None) -> str | None:
+        return None if value is None else _output_template(value.rstrip("/"), "folder")
 
     @model_validator(mode="after")
     def _backoff(self) -> StageConfig:
@@ -168,6 +209,8 @@ class Settings(BaseSettings):
     dedupe: bool = True
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"
+    #: Named capacities shared by the stages that `use` them (`gpu = 1`).
+    resources: dict[str, int] = Field(default_factory=dict)
     stages: list[StageConfig] = Field(default_factory=builtin_stages)
 
     # Options of the built-in stages. They reach every stage process as the environment
@@ -220,10 +263,13 @@ class Settings(BaseSettings):
             raise ValueError("needs at least one stage (omit [[stages]] for the built-in ones)")
         seen: list[str] = []
         outputs: set[str] = set()
+        folders: list[str] = []
         for stage in value:
             if stage.name in seen:
                 raise ValueError(f"stage name {stage.name!r} is used twice")
-            allowed = set(PLACEHOLDERS) | set(seen)
+            allowed = set(PLACEHOLDERS) | set(seen) | set(folders)
+            if stage.output_dir is not None:
+                allowed.add(OUTPUT_DIR_PLACEHOLDER)
             for arg in stage.command:
                 for field in template_fields(arg):
                     if field not in allowed:
@@ -232,11 +278,53 @@ class Settings(BaseSettings):
                             f"stage {stage.name!r}: unknown placeholder {{{field}}}{later} "
                             f"in command; known: {', '.join(sorted(allowed))}"
                         )
-            if stage.output in outputs:
-                raise ValueError(f"stage {stage.name!r}: output {stage.output!r} is used twice")
-            outputs.add(stage.output)
+            for output in (stage.output, stage.output_dir):
+                if output is None:
+                    continue
+                if output in outputs:
+                    raise ValueError(f"stage {stage.name!r}: output {output!r} is used twice")
+                outputs.add(output)
+            if stage.output_dir is not None:
+                folders.append(stage.name + DIR_SUFFIX)
             seen.append(stage.name)
+        names = set(seen)
+        for folder in folders:
+            if folder in names:
+                raise ValueError(
+                    f"stage name {folder!r} clashes with the placeholder {{{folder}}} of the "
+                    "folder output of the stage before it; choose another name"
+                )
         return value
+
+    @field_validator("resources")
+    @classmethod
+    def _resources(cls, value: dict[str, int]) -> dict[str, int]:
+        for name, amount in value.items():
+            if not _STAGE_NAME.match(name):
+                raise ValueError(
+                    f"{name!r}: a resource name is lowercase letters, digits and _, "
+                    "starting with a letter"
+                )
+            if amount < 1:
+                raise ValueError(f"{name!r} must be >= 1, not {amount}")
+        return value
+
+    @model_validator(mode="after")
+    def _stage_resources(self) -> Settings:
+        for i, stage in enumerate(self.stages):
+            for name, amount in stage.uses.items():
+                if name not in self.resources:
+                    known = ", ".join(sorted(self.resources)) or "none; add a [resources] table"
+                    raise ValueError(
+                        f"stages.{i}.uses: stage {stage.name!r} uses {name!r}, which is not "
+                        f"in [resources] (known: {known})"
+                    )
+                if amount > self.resources[name]:
+                    raise ValueError(
+                        f"stages.{i}.uses: stage {stage.name!r} needs {amount} of {name!r}, "
+                        f"but [resources] has only {self.resources[name]}: it could never run"
+                    )
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -278,10 +366,11 @@ def resolve_config_file(flag: str | None, root: Path) -> tuple[Path | None, bool
 def _describe(exc: ValidationError, origin: str) -> str:
     errors = exc.errors()
     first = errors[0]
-    loc = ".".join(str(part) for part in first["loc"]) or "config"
+    loc = ".".join(str(part) for part in first["loc"])
     message = str(first["msg"]).removeprefix("Value error, ")
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"invalid configuration: {loc}: {message}{more} [{origin}]"
+    where = f"{loc}: " if loc else ""  # a check across fields names them in its message
+    return f"invalid configuration: {where}{message}{more} [{origin}]"
 
 
 def load_settings(

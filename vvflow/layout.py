@@ -98,6 +98,9 @@ class Candidate:
     name: str
     identity: report.Identity
     mtime: float
+    #: Its place in line: (0 for a video recovery returned, else 1; arrival in pending/
+    #: in ns). The stages serve the videos in flight in this order.
+    order: tuple[int, int] = (1, 0)
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,7 @@ class Claim:
     name: str
     original_name: str
     identity: report.Identity
+    order: tuple[int, int] = (1, 0)
 
     @property
     def stem(self) -> str:
@@ -688,7 +692,7 @@ class Layout:
             if exc.errno in (errno.ENOENT, errno.ESTALE):
                 return None  # taken back meanwhile, as above
             raise
-        return Claim(dst, dst.name, candidate.name, report.Identity.of(after))
+        return Claim(dst, dst.name, candidate.name, report.Identity.of(after), candidate.order)
 
     def permission_key(self, name: str) -> tuple[int, ...] | None:
         """What decides whether this process may move `pending/<name>`: the file (its

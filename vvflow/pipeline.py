@@ -5,13 +5,24 @@ process group, under a timeout that kills the whole group, with bounded retries.
 writes a temporary `{output}`; only after exit 0 with a non-empty regular file is
 that renamed to the final output, so an output is whole or absent. The pipeline
 knows nothing of the state folders: it gets a video path, a workspace and a report.
+
+Capacity: each attempt of a stage holds that stage's slot (`concurrency`) and the
+resources it `uses` (`[resources]`), and nothing else; the videos in flight (`workers`)
+wait for them in the order they came (`Slots`). So a video waiting for the GPU holds
+no other stage's slot, and the stages of different videos overlap: throughput is the
+rate of the slowest stage, not the sum of all.
+
+Progress: a stage may print `vvflow:progress 0.42` (optionally followed by a short
+message) on stderr; the last such line is the stage's progress.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import logging
 import os
+import re
 import selectors
 import shutil
 import signal
@@ -20,10 +31,10 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any, Literal
 
 from tenacity import (
     RetryCallState,
@@ -57,6 +68,168 @@ REPORT_TAIL_CHARS = 2000
 DETAIL_CHARS = 300
 #: How long a stage's leftover children may hold its pipes open after it exits.
 PIPE_LINGER_SECONDS = 1.0
+#: A stage's progress line on stderr: `vvflow:progress 0.42 [message]` (or `42%`).
+PROGRESS_LINE = re.compile(rb"^vvflow:progress\s+([0-9]*\.?[0-9]+)(%?)(?:\s+(.*))?$")
+#: The longest stderr line looked at for progress, and the longest message kept.
+PROGRESS_LINE_BYTES = 1024
+PROGRESS_MESSAGE_CHARS = 120
+#: A stage's progress is logged at most this often (it is in `status` at all times).
+PROGRESS_LOG_SECONDS = 5.0
+
+
+@dataclass
+class Activity:
+    """What a video in flight does now: waits for a stage's slot, or runs the stage."""
+
+    stage: str
+    state: Literal["waiting", "running"]
+    #: Wall-clock time this state began.
+    since: float = field(default_factory=time.time)
+    attempt: int = 0
+    #: What it waits for: `stage <name>` (its concurrency) or a resource name.
+    waiting_for: list[str] = field(default_factory=list)
+    #: The stage's last progress report, 0..1, and its message; None when it sent none.
+    progress: float | None = None
+    message: str | None = None
+
+    def fields(self) -> dict[str, object]:
+        data: dict[str, object] = {"stage": self.stage, "state": self.state, "since": self.since}
+        if self.state == "waiting":
+            data["waiting_for"] = self.waiting_for
+        else:
+            data["attempt"] = self.attempt
+            if self.progress is not None:
+                data["progress"] = self.progress
+                data["message"] = self.message
+        return data
+
+
+#: Called with a video's activity whenever it changes (None: between stages).
+Watch = Callable[[Activity | None], None]
+
+
+def _ignore(activity: Activity | None) -> None:
+    pass
+
+
+def parse_progress(line: bytes) -> tuple[float, str | None] | None:
+    """(fraction, message) of a progress line, None when the line is not one."""
+    match = PROGRESS_LINE.match(line.strip())
+    if match is None:
+        return None
+    value = float(match.group(1)) / (100.0 if match.group(2) else 1.0)
+    message = match.group(3)
+    text = message.decode("utf-8", "replace").strip()[:PROGRESS_MESSAGE_CHARS] if message else None
+    return min(1.0, max(0.0, value)), text or None
+
+
+#: A slot key: ("stage", name) for a stage's concurrency, ("resource", name) for a resource.
+SlotKey = tuple[str, str]
+
+
+def slot_label(key: SlotKey) -> str:
+    return f"stage {key[1]}" if key[0] == "stage" else key[1]
+
+
+class Slots:
+    """The capacity of each stage with a `concurrency` and of each named resource,
+    shared by the videos in flight in this instance.
+
+    A waiter takes everything it needs at once, or nothing; for each key it waits behind
+    the waiters that came earlier for that key (first come, first served, so none
+    starves), while waiters for other keys pass. The oldest waiter is first for all its
+    keys, so one always gets through once its keys are free: no deadlock."""
+
+    def __init__(self, capacity: dict[SlotKey, int]) -> None:
+        self.capacity = dict(capacity)
+        self._free = dict(capacity)
+        self._cond = threading.Condition()
+        #: (order, ticket, needs), kept sorted: the order of the video, then first come.
+        self._waiting: list[tuple[tuple[int, int], int, dict[SlotKey, int]]] = []
+        self._tickets = 0
+
+    def needs_of(self, stage: StageConfig) -> dict[SlotKey, int]:
+        needs: dict[SlotKey, int] = {}
+        if ("stage", stage.name) in self.capacity:
+            needs["stage", stage.name] = 1
+        for name, amount in stage.uses.items():
+            needs["resource", name] = amount
+        return needs
+
+    def _blocking(self, entry: tuple[tuple[int, int], int, dict[SlotKey, int]]) -> list[SlotKey]:
+        """The keys this waiter cannot take now (not enough free, or a waiter before it
+        in line wants it)."""
+        needs = entry[2]
+        blocked = [key for key, amount in needs.items() if self._free[key] < amount]
+        for other in self._waiting:
+            if other is entry:
+                break
+            blocked += [key for key in other[2] if key in needs and key not in blocked]
+        return blocked
+
+    @contextlib.contextmanager
+    def hold(
+        self,
+        needs: dict[SlotKey, int],
+        cancel: threading.Event,
+        waiting: Callable[[list[str]], None],
+        order: tuple[int, int] = (1, 0),
+    ) -> Iterator[None]:
+        """Hold `needs` for the `with` block; `waiting(labels)` is called once if it must
+        wait first. Waiters line up by `order` (the video's), then by arrival. Raises
+        Cancelled when `cancel` is set while it waits."""
+        if not needs:
+            yield
+            return
+        with self._cond:
+            self._tickets += 1
+            entry = (order, self._tickets, needs)
+            bisect.insort(self._waiting, entry, key=lambda e: (e[0], e[1]))
+            try:
+                said = False
+                while blocked := self._blocking(entry):
+                    if cancel.is_set():
+                        raise Cancelled("shutdown requested while waiting for a slot")
+                    if not said:
+                        said = True
+                        waiting([slot_label(key) for key in blocked])
+                    self._cond.wait(0.2)  # and look at `cancel` again
+                for key, amount in needs.items():
+                    self._free[key] -= amount
+            finally:
+                self._waiting.remove(entry)
+                self._cond.notify_all()
+        try:
+            yield
+        finally:
+            with self._cond:
+                for key, amount in needs.items():
+                    self._free[key] += amount
+                self._cond.notify_all()
+
+    def snapshot(self) -> dict[str, dict[str, int]]:
+        """Per slot: capacity, in use and waiting (for the metrics and `status`)."""
+        with self._cond:
+            waiting = {key: 0 for key in self.capacity}
+            for _, _, wants in self._waiting:
+                for key in wants:
+                    waiting[key] += 1
+            return {
+                slot_label(key): {
+                    "capacity": cap,
+                    "in_use": cap - self._free[key],
+                    "waiting": waiting[key],
+                }
+                for key, cap in self.capacity.items()
+            }
+
+
+def make_slots(stages: list[StageConfig], resources: dict[str, int]) -> Slots:
+    capacity: dict[SlotKey, int] = {("resource", name): n for name, n in resources.items()}
+    for stage in stages:
+        if stage.concurrency is not None:
+            capacity["stage", stage.name] = stage.concurrency
+    return Slots(capacity)
 
 
 @dataclass(frozen=True)
@@ -68,6 +241,8 @@ class Job:
     stem: str
     root: Path
     workspace: Path
+    #: Its place in line for the stages' slots (Candidate.order): older videos first.
+    order: tuple[int, int] = (1, 0)
 
 
 @dataclass
@@ -119,6 +294,7 @@ class Pipeline:
         kill_grace_seconds: float = 2.0,
         extra_env: dict[str, str] | None = None,
         storage_check: Callable[[], None] = lambda: None,
+        resources: dict[str, int] | None = None,
     ) -> None:
         self.stages = stages
         self.root = root
@@ -126,6 +302,7 @@ class Pipeline:
         self.extra_env = extra_env or {}
         #: Raises StorageFailed when the root is out of space now.
         self.storage_check = storage_check
+        self.slots = make_slots(stages, resources or {})
 
     def output_path(self, stage: StageConfig, name: str, stem: str) -> Path:
         return self.root / stage.output.format_map({"name": name, "stem": stem})
@@ -141,11 +318,13 @@ class Pipeline:
         save: Saver,
         guard: Callable[[], None],
         cancel: threading.Event,
+        watch: Watch = _ignore,
     ) -> None:
         """Run every stage not already done for this very file.
 
         Raises StageError when a stage gives up, Cancelled on shutdown, and whatever
-        `guard` raises (LeaseLost) when the claim was taken over.
+        `guard` raises (LeaseLost) when the claim was taken over. `watch` is told what
+        the video does: waiting for a slot, running a stage, its progress.
         """
         outputs: dict[str, Path] = {}
         for stage in self.stages:
@@ -159,13 +338,15 @@ class Pipeline:
                 logs.event(Event.STAGE_SKIPPED, video=job.name, stage=stage.name, reason="done")
                 outputs[stage.name] = final
                 continue
+            # Saved once the stage has its slot: a video waiting for one is not running.
             record.status = StageStatus.RUNNING
             record.error = None
-            save()
-            started = time.monotonic()
+            clock = _StageClock()
+            started = clock.started
             try:
                 tmp = job.workspace / final.name
-                self._run_stage(stage, job, report, outputs, tmp, cancel, save, guard)
+                self._run_stage(stage, job, report, outputs, tmp, cancel, save, guard, watch, clock)
+                started = clock.started
                 guard()
                 publish(tmp, final, self.root)
             except Cancelled:
@@ -181,7 +362,7 @@ class Pipeline:
             except StageError as exc:
                 record.status = StageStatus.FAILED
                 record.error = str(exc)
-                record.duration_s = round(time.monotonic() - started, 3)
+                record.duration_s = round(time.monotonic() - clock.started, 3)
                 report.failed_stage = stage.name
                 report.error = f"{stage.name}: {exc}"
                 save(True)
@@ -191,10 +372,13 @@ class Pipeline:
                     video=job.name,
                     stage=stage.name,
                     attempts=len(record.attempts),
-                    duration_s=time.monotonic() - started,
+                    duration_s=time.monotonic() - clock.started,
+                    waited_s=round(clock.waited, 3),
                     error=str(exc),
                 )
                 raise
+            finally:
+                watch(None)
             record.status = StageStatus.SUCCEEDED
             record.output = os.path.relpath(final, self.root)
             record.identity = report.identity
@@ -206,6 +390,7 @@ class Pipeline:
                 stage=stage.name,
                 attempts=len(record.attempts),
                 duration_s=time.monotonic() - started,
+                waited_s=round(clock.waited, 3),
                 output=record.output,
             )
             outputs[stage.name] = final
@@ -220,8 +405,11 @@ class Pipeline:
         cancel: threading.Event,
         save: Saver,
         guard: Callable[[], None],
+        watch: Watch,
+        clock: _StageClock,
     ) -> None:
-        """Run a stage, with its retries, until it leaves a finished output at `tmp`."""
+        """Run a stage, with its retries, until it leaves a finished output at `tmp`.
+        Each attempt holds the stage's slots; the backoff between attempts holds none."""
         values = {
             "video": str(job.video),
             "name": job.name,
@@ -256,11 +444,25 @@ class Pipeline:
             sleep=_interruptible(cancel),
             before_sleep=before_sleep,
         )
+        needs = self.slots.needs_of(stage)
+
+        def waiting(labels: list[str]) -> None:
+            watch(Activity(stage.name, "waiting", waiting_for=labels))
+            logs.event(Event.STAGE_WAITING, video=job.name, stage=stage.name, waiting_for=labels)
+
         for attempt in retrying:
             with attempt:
                 number = first_attempt + attempt.retry_state.attempt_number - 1
-                guard()
-                self._attempt(stage, job, report, values, tmp, number, cancel, save)
+                asked = time.monotonic()
+                with self.slots.hold(needs, cancel, waiting, job.order):
+                    clock.held(asked)
+                    guard()
+                    if number == first_attempt:
+                        save()  # the stage's `running` record
+                    activity = Activity(stage.name, "running", attempt=number)
+                    watch(activity)
+                    progress = _ProgressLog(job.name, activity, watch)
+                    self._attempt(stage, job, report, values, tmp, number, cancel, save, progress)
 
     def _attempt(
         self,
@@ -272,6 +474,7 @@ class Pipeline:
         number: int,
         cancel: threading.Event,
         save: Saver,
+        progress: _ProgressLog,
     ) -> None:
         if cancel.is_set():
             raise Cancelled("shutdown requested")
@@ -324,7 +527,7 @@ class Pipeline:
         with contextlib.suppress(OSError):
             pidfile.write_text(f"{proc.pid} {process_start(proc.pid) or 0} {token}\n")
         try:
-            run = self._wait(proc, stage.timeout_seconds, cancel)
+            run = self._wait(proc, stage.timeout_seconds, cancel, progress.report)
         finally:
             # Whatever it left running outside its process group (a daemon in a new
             # session) carries its token: stop it before its output is looked at.
@@ -373,11 +576,19 @@ class Pipeline:
             raise AttemptFailed(message, exit_code=code)
         finish("succeeded", code, None)
 
-    def _wait(self, proc: subprocess.Popen[bytes], timeout: float, cancel: threading.Event) -> _Run:
+    def _wait(
+        self,
+        proc: subprocess.Popen[bytes],
+        timeout: float,
+        cancel: threading.Event,
+        on_progress: Callable[[float, str | None], None],
+    ) -> _Run:
         """Wait for the stage, keeping only the tails of its output (memory stays bounded
-        whatever it prints), until it exits, times out or a shutdown cancels it."""
+        whatever it prints), until it exits, times out or a shutdown cancels it. Progress
+        lines on its stderr go to `on_progress`."""
         run = _Run()
         tails: dict[int, bytearray] = {}
+        line = bytearray()  # the stderr line read so far
         sel = selectors.DefaultSelector()
         streams: list[IO[bytes]] = [s for s in (proc.stdout, proc.stderr) if s is not None]
         out_fd = proc.stdout.fileno() if proc.stdout is not None else -1
@@ -417,6 +628,8 @@ class Pipeline:
                         tail = tails[fd]
                         tail += chunk
                         del tail[:-TAIL_BYTES]
+                        if fd == err_fd:
+                            _progress_lines(line, chunk, on_progress)
                 else:
                     with contextlib.suppress(subprocess.TimeoutExpired):
                         proc.wait(timeout=step)
@@ -433,6 +646,65 @@ class Pipeline:
         run.stdout = bytes(tails.get(out_fd, b""))
         run.stderr = bytes(tails.get(err_fd, b""))
         return run
+
+
+def _progress_lines(
+    line: bytearray, chunk: bytes, on_progress: Callable[[float, str | None], None]
+) -> None:
+    """Feed a chunk of stderr; report each complete progress line in it. A line longer
+    than PROGRESS_LINE_BYTES is no progress line: only its end is kept, then dropped."""
+    line += chunk
+    *complete, rest = bytes(line).split(b"\n")
+    for text in complete:
+        if text.startswith(b"vvflow:progress") and len(text) <= PROGRESS_LINE_BYTES:
+            parsed = parse_progress(text)
+            if parsed is not None:
+                on_progress(*parsed)
+    line[:] = rest if len(rest) <= PROGRESS_LINE_BYTES else b"x"
+
+
+class _StageClock:
+    """When a stage began to run (its first attempt got its slots) and how long it
+    waited for slots in all."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.waited = 0.0
+        self._first = True
+
+    def held(self, asked: float) -> None:
+        now = time.monotonic()
+        self.waited += now - asked
+        if self._first:
+            self._first = False
+            self.started = now
+
+
+class _ProgressLog:
+    """A running attempt's progress: kept in its Activity (for `status` and the
+    metrics), logged at most every PROGRESS_LOG_SECONDS."""
+
+    def __init__(self, video: str, activity: Activity, watch: Watch) -> None:
+        self.video = video
+        self.activity = activity
+        self.watch = watch
+        self.started = time.monotonic()
+        self._logged = -PROGRESS_LOG_SECONDS
+
+    def report(self, fraction: float, message: str | None) -> None:
+        self.activity.progress, self.activity.message = fraction, message
+        self.watch(self.activity)
+        now = time.monotonic()
+        if now - self._logged < PROGRESS_LOG_SECONDS and fraction < 1.0:
+            return
+        self._logged = now
+        elapsed = now - self.started
+        fields: dict[str, Any] = {"progress": round(fraction, 4), "elapsed_s": elapsed}
+        if 0 < fraction < 1:
+            fields["eta_s"] = round(elapsed * (1 - fraction) / fraction, 1)
+        if message:
+            fields["message"] = message
+        logs.event(Event.STAGE_PROGRESS, video=self.video, stage=self.activity.stage, **fields)
 
 
 def _interruptible(cancel: threading.Event) -> Callable[[float], None]:

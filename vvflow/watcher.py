@@ -293,6 +293,7 @@ class _Observation:
     ready: bool = False
     #: Its place in the ready queue; an older entry of the same name is stale.
     ticket: int = 0
+    rank: int = 1
 
 
 class Stability:
@@ -321,6 +322,7 @@ class Stability:
         self._watch: dict[str, _Observation] = {}
         self._due: list[tuple[float, str]] = []
         #: (rank, arrival, ticket, name): rank 0 for returned videos, 1 for the others.
+        #: The rank and arrival go with the video (Candidate.order) to its stages.
         self._ready: list[tuple[int, int, int, str]] = []
         self._ready_count = 0
         self._tickets = itertools.count(1)
@@ -352,6 +354,7 @@ class Stability:
         obs.ready = True
         obs.ticket = next(self._tickets)
         self._ready_count += 1
+        obs.rank = rank
         heapq.heappush(self._ready, (rank, obs.arrived_ns, obs.ticket, name))
 
     def _drop(self, name: str) -> _Observation | None:
@@ -428,7 +431,7 @@ class Stability:
                 continue
             size, mtime_ns, inode = obs.key
             identity = report.Identity(size=size, mtime_ns=mtime_ns, inode=inode)
-            taken.append(Candidate(name, identity, obs.mtime))
+            taken.append(Candidate(name, identity, obs.mtime, (obs.rank, obs.arrived_ns)))
         if not self._ready_count:
             self._ready.clear()  # only stale entries are left
         return taken

@@ -33,8 +33,7 @@ from vvflow.errors import (
 )
 from vvflow.events import Event
 from vvflow.layout import MOVES, WORK, Candidate, Claim, Layout, State
-from vvflow.pipeline import Job, Pipeline
-from vvflow.report import StageStatus
+from vvflow.pipeline import Activity, Job, Pipeline
 from vvflow.watcher import container_signature, describe_writers, open_writers, read_head
 
 #: A video that changes under its stages this many times in a row is filed as failed.
@@ -77,6 +76,7 @@ class Worker:
             settings.root,
             extra_env=settings.stage_environment(),
             storage_check=self.storage.check,
+            resources=settings.resources,
         )
         self.layout = Layout(settings.root, settings.extensions, self.pipeline.output_paths)
         self.id = instance.InstanceId.current()
@@ -108,16 +108,36 @@ class Worker:
         self._held: set[str] = set()
         self._unfiled: dict[str, tuple[Claim, State]] = {}
         self._claims_lock = threading.Lock()
+        #: What each video in flight does now (waits for a slot, runs a stage, how far).
+        self._activity: dict[str, Activity] = {}
+        self._activity_lock = threading.Lock()
+        #: Bumped at every change of `_activity`, so that its file is written only then.
+        self.activity_version = 0
 
-    def running(self) -> list[dict[str, str | None]]:
-        """The videos this instance holds now and the stage each one runs (from their
-        reports, as `status` sees them)."""
-        found: list[dict[str, str | None]] = []
+    def activity(self) -> dict[str, dict[str, object]]:
+        """What each video in flight does now, by name (for `status` and the metrics)."""
+        with self._activity_lock:
+            return {name: a.fields() for name, a in self._activity.items()}
+
+    def _watcher(self, name: str) -> Callable[[Activity | None], None]:
+        def watch(activity: Activity | None) -> None:
+            with self._activity_lock:
+                if activity is None:
+                    self._activity.pop(name, None)
+                else:
+                    self._activity[name] = activity
+                self.activity_version += 1
+
+        return watch
+
+    def running(self) -> list[dict[str, object]]:
+        """The videos this instance holds now and what each one does: the stage it runs
+        or waits for (None between stages, or before its first)."""
+        activity = self.activity()
+        found: list[dict[str, object]] = []
         for path in self.layout.claims_in(self.lease.folder):
-            rep = report.load(self.layout.report_path(path.name))
-            stages = rep.stages.items() if rep is not None else ()
-            stage = next((n for n, s in stages if s.status == StageStatus.RUNNING), None)
-            found.append({"video": path.name, "stage": stage})
+            now = activity.get(path.name, {})
+            found.append({"video": path.name, "stage": now.get("stage"), **now})
         return found
 
     def request_stop(self, grace_seconds: float) -> float:
@@ -695,9 +715,21 @@ class Worker:
                 if self.settings.dedupe and rep.dedupe:
                     original = content.find_original()
                 if original is None or not content.reuse(original, workspace):
-                    job = Job(claim.path, claim.name, claim.stem, self.layout.root, workspace)
+                    job = Job(
+                        claim.path,
+                        claim.name,
+                        claim.stem,
+                        self.layout.root,
+                        workspace,
+                        order=claim.order,
+                    )
                     self.pipeline.run(
-                        job, rep, save=save, guard=lambda: self._guard(claim), cancel=self.cancel
+                        job,
+                        rep,
+                        save=save,
+                        guard=lambda: self._guard(claim),
+                        cancel=self.cancel,
+                        watch=self._watcher(claim.name),
                     )
                 state = State.COMPLETED
         except StageError:
