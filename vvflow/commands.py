@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import getpass
 import json
 import os
 import shutil
@@ -75,6 +76,12 @@ def _build_parser() -> _Parser:
 
     sub.add_parser("health", parents=[common], help="exit 0 when a healthy `run` is here")
 
+    pause = sub.add_parser(
+        "pause", parents=[common], help="every instance finishes what runs, claims nothing new"
+    )
+    pause.add_argument("--reason", help="said by status, health and the log")
+    sub.add_parser("resume", parents=[common], help="end a pause")
+
     st = sub.add_parser("status", parents=[common], help="counts per state, failures")
     st.add_argument("--json", action="store_true")
 
@@ -127,6 +134,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_status(settings, as_json=args.json)
         if args.command == "retry":
             return _cmd_retry(settings, args.names, every=args.all, from_start=args.from_start)
+        if args.command == "pause":
+            return _cmd_pause(settings, args.reason)
+        if args.command == "resume":
+            return _cmd_resume(settings)
     except (ConfigError, LayoutError) as exc:
         if args.command == "health":  # a health check answers healthy (0) or not (1)
             sys.stdout.write(f"unhealthy: {exc}\n")
@@ -185,9 +196,7 @@ def _cmd_health(settings: Settings) -> int:
 
 
 def _cmd_status(settings: Settings, *, as_json: bool) -> int:
-    layout = Layout(settings.root, settings.extensions)
-    if not layout.input.is_dir():
-        raise LayoutError(f"no storage root at {settings.root} (no input/ folder)")
+    layout = _existing_layout(settings)
     data = status.collect(layout, settings.lease_seconds)
     data["storage"] = status.storage(layout, settings.min_free_bytes, settings.lease_seconds)
     sys.stdout.write(json.dumps(data, indent=2) + "\n" if as_json else status.render(data))
@@ -228,6 +237,39 @@ def _cmd_retry(settings: Settings, names: list[str], *, every: bool, from_start:
     finally:
         lease.release()
         shutil.rmtree(lease.folder, ignore_errors=True)
+    return RET_OK
+
+
+def _existing_layout(settings: Settings) -> Layout:
+    layout = Layout(settings.root, settings.extensions)
+    if not layout.input.is_dir():
+        raise LayoutError(f"no storage root at {settings.root} (no input/ folder)")
+    return layout
+
+
+def _cmd_pause(settings: Settings, reason: str | None) -> int:
+    layout = _existing_layout(settings)
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # a container's uid with no name
+        user = f"uid {os.getuid()}"
+    by = f"{user}@{instance.this_host()}"
+    before = layout.paused()
+    record = layout.pause(by, reason)
+    what = "already paused" if before is not None else "paused"
+    sys.stdout.write(
+        f"{what} since {record.get('since')}: every instance on {settings.root} finishes what "
+        "runs and claims nothing new (instances started later too); `vvflow resume` ends it\n"
+    )
+    return RET_OK
+
+
+def _cmd_resume(settings: Settings) -> int:
+    layout = _existing_layout(settings)
+    if layout.resume():
+        sys.stdout.write(f"resumed: instances on {settings.root} claim videos again\n")
+    else:
+        sys.stdout.write(f"not paused: nothing to resume on {settings.root}\n")
     return RET_OK
 
 

@@ -29,7 +29,7 @@ from watchdog.observers.api import BaseObserver
 from vvflow import atomicfs, instance, logs
 from vvflow.errors import ConfigError
 from vvflow.events import Event
-from vvflow.layout import HEALTH, Candidate, State
+from vvflow.layout import HEALTH, PROGRESS, Candidate, State
 from vvflow.metrics import Metrics
 from vvflow.watcher import OpenWrites, PendingEvents, Stability, make_observer
 from vvflow.worker import Outcome, Worker
@@ -41,6 +41,10 @@ HEALTH_BYTES = 2048
 HEALTH_SECONDS = 2.0
 #: The loop's longest sleep; events wake it sooner.
 TICK_SECONDS = 0.05
+#: How often the loop looks for the pause file (one stat; a round trip on a network
+#: filesystem) and, when what runs changed, rewrites this instance's activity file.
+PAUSE_CHECK_SECONDS = 1.0
+ACTIVITY_SECONDS = 1.0
 RET_OK = 0
 RET_LEASE_LOST = 1
 
@@ -115,6 +119,11 @@ class Daemon:
         self._next_rescan = 0.0
         self._next_health = 0.0
         self._next_recover = 0.0
+        self._next_pause_check = 0.0
+        self._next_activity = 0.0
+        self._activity_written = -1
+        #: The pause record while the root is paused (`vvflow pause`), else None.
+        self.paused: dict[str, Any] | None = None
         self.metrics: Metrics | None = None
         self._watched: tuple[int, int] | None = None
         self.metrics_port: int | None = None
@@ -132,6 +141,7 @@ class Daemon:
             self._start_observer()
             self._write_health()
         self.worker.prepare()
+        self._check_pause(self.clock())
         self._recover(self.clock())
         for i in range(self.settings.workers):
             thread = threading.Thread(target=self._work_loop, name=f"vvflow-worker-{i}")
@@ -144,6 +154,7 @@ class Daemon:
             self.queue_length,
             self.worker.lease.heartbeat,
             storage=self.worker.storage.snapshot,
+            live=self.live,
         )
         try:
             self.metrics_port = self.metrics.serve(host, port)
@@ -152,6 +163,15 @@ class Daemon:
             self.worker.close()
             raise ConfigError(f"metrics: cannot listen on {host}:{port}: {exc.strerror}") from None
         logs.event(Event.METRICS_SERVING, address=f"http://{host}:{self.metrics_port}/metrics")
+
+    def live(self) -> dict[str, Any]:
+        """What the metrics read at scrape time: the pause, each video's activity, and
+        the stages' slots."""
+        return {
+            "paused": self.paused is not None,
+            "activity": self.worker.activity(),
+            "slots": self.worker.pipeline.slots.snapshot(),
+        }
 
     def queue_length(self) -> dict[str, int]:
         with self._lock:
@@ -237,6 +257,8 @@ class Daemon:
         watched until each beat or stayed unchanged for a lease since this run first saw
         it, and the claims of the dead are run too. No wall clock can shorten that; it
         costs at most a lease (a live instance beats every lease / 4)."""
+        if self.paused is not None:
+            self.stability.clear()  # claims nothing new; ends once what runs is done
         with self._lock:
             busy = bool(self._inflight)
         if busy or len(self.stability):
@@ -301,6 +323,8 @@ class Daemon:
             )
             self.worker.cancel.set()
             return False
+        if now >= self._next_pause_check:
+            self._check_pause(now)
         self._drain_inbox(now)
         if now >= self._next_rescan:
             self.rescan(now)
@@ -318,6 +342,8 @@ class Daemon:
             self.worker.storage.may_claim()
             self._write_health()
             self.worker.refile()
+        if now >= self._next_activity:
+            self._write_activity(now)
         if now >= self._next_recover:
             # Burst mode ends by watching the instances it could not judge: look often.
             pace = 8 if self.burst else 3
@@ -328,6 +354,50 @@ class Daemon:
                 # What was not returned stays in the dead folder for the next pass.
                 self.worker.storage.failed(f"cannot recover a dead instance: {exc}")
         return True
+
+    def _check_pause(self, now: float) -> None:
+        """Follow the root's pause file: while it exists nothing new is claimed (what
+        runs finishes). Said once per change, in the log, the health record and the
+        metrics. Burst mode lets go of what it tracks, so that it ends."""
+        self._next_pause_check = now + PAUSE_CHECK_SECONDS
+        try:
+            record = self.layout.paused()
+        except OSError as exc:
+            self.worker.storage.failed(f"cannot look for the pause file: {exc}")
+            return
+        if (record is None) == (self.paused is None):
+            self.paused = record
+        elif record is not None:
+            self.paused = record
+            logs.event(Event.PAUSED, instance=self.worker.id.name, **record,
+                       running=self.worker.running())  # fmt: skip
+            self._next_health = 0.0
+        else:
+            self.paused = None
+            logs.event(Event.RESUMED, instance=self.worker.id.name)
+            self._next_health = 0.0
+            self._next_rescan = 0.0  # what was dropped or came meanwhile
+        if self.paused is not None and self.burst:
+            self.stability.clear()
+
+    def _write_activity(self, now: float) -> None:
+        """This instance's activity file (what each video in flight does, for `status`
+        on any host), rewritten only when that changed."""
+        self._next_activity = now + ACTIVITY_SECONDS
+        version = self.worker.activity_version
+        if version == self._activity_written or not self.worker.lease.held():
+            return
+        record = {"updated": time.time(), "videos": self.worker.activity()}
+        try:
+            atomicfs.write_atomic(
+                self.worker.lease.folder / PROGRESS,
+                json.dumps(record).encode(),
+                tmp_dir=self.worker.lease.folder,
+                durable=False,
+            )
+        except OSError:
+            return  # only `status` reads it; the next change writes it again
+        self._activity_written = version
 
     def _recover(self, now: float) -> None:
         """Return dead instances' claims to pending/, at the front of the queue: they
@@ -382,7 +452,7 @@ class Daemon:
         bounded however many files are pending, and the queue never holds a name twice."""
         with self._lock:
             room = 2 * self.settings.workers - len(self._inflight)
-        if room <= 0 or self.worker.stopping.is_set():
+        if room <= 0 or self.worker.stopping.is_set() or self.paused is not None:
             return
         # Burst mode hands them on anyway: each is refused (left in pending/ for the
         # storage) and counted, and the run ends instead of waiting for space.
@@ -405,8 +475,11 @@ class Daemon:
             candidate = self._work.get()
             if candidate is None:
                 return
+            requeue = False
             try:
-                if not self.worker.stopping.is_set():
+                if self._pause_seen():
+                    requeue = True  # handed out before the pause: not claimed
+                elif not self.worker.stopping.is_set():
                     # Burst mode looks at pending/ once: a file that comes under a name
                     # its claim freed is the next run's.
                     claimed = (
@@ -422,7 +495,15 @@ class Daemon:
             finally:
                 with self._lock:
                     self._inflight.discard(candidate.name)
+                if requeue:
+                    self._notify(candidate.name)  # tracked again, claimed after `resume`
                 self._wake.set()
+
+    def _pause_seen(self) -> bool:
+        """Paused, as the loop last saw it or as the root says now: a pause takes effect
+        at once for every claim not yet made (one lstat per claim), not only at the
+        loop's next look."""
+        return self.paused is not None or os.path.lexists(self.layout.pause_file)
 
     def _claimed(self, name: str) -> None:
         """The name is free in pending/ again: a file that arrived under it while it was
@@ -460,6 +541,7 @@ class Daemon:
             "tracked": len(self.stability),
             "inflight": len(self._inflight),
             "storage": self.worker.storage.snapshot(),
+            "paused": self.paused,
         }
         data = json.dumps(record).encode().ljust(HEALTH_BYTES)
         path = self.worker.lease.folder / HEALTH
@@ -530,5 +612,11 @@ def check_health(processing: Path, lease_seconds: float) -> tuple[bool, str]:
                     f"{storage['trouble']} ({storage.get('free_bytes')} bytes free, "
                     f"min_free_bytes {storage.get('min_free_bytes')}); claiming paused"
                 )
+            paused = record.get("paused")
+            if isinstance(paused, dict):
+                # Healthy: paused on purpose, by `vvflow pause`; a restart would not help.
+                detail += f"; paused since {paused.get('since')} (vvflow resume ends it)"
+                if paused.get("reason"):
+                    detail += f": {paused['reason']}"
             return True, detail
     return False, "; ".join(problems) or "no vvflow run instance is running on this host"

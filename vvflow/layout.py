@@ -15,10 +15,12 @@ import os
 import shutil
 import stat
 import threading
+import time
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from vvflow import atomicfs, logs, report
 from vvflow.errors import Blocked, LayoutError
@@ -251,6 +253,48 @@ class Layout:
     def pause_file(self) -> Path:
         """`<root>/input/.paused`: while it exists, no instance claims a new video."""
         return self.input / PAUSED
+
+    def paused(self) -> dict[str, Any] | None:
+        """The pause record (since, by, reason) while the root is paused, else None. A
+        pause file that cannot be read or parsed still pauses: it says "paused"."""
+        try:
+            st = os.lstat(self.pause_file)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            return {"since": None, "by": None, "reason": f"pause file unreadable: {exc.strerror}"}
+        data = atomicfs.read_regular(self.pause_file) if stat.S_ISREG(st.st_mode) else None
+        try:
+            record = json.loads(data) if data is not None else None
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(st.st_mtime))
+            return {"since": since, "by": None, "reason": None}
+        return {key: record.get(key) for key in ("since", "by", "reason")}
+
+    def pause(self, by: str, reason: str | None) -> dict[str, Any]:
+        """Pause every instance on this root; returns the record (an earlier pause's,
+        when the root was paused already)."""
+        earlier = self.paused()
+        if earlier is not None:
+            return earlier
+        record: dict[str, Any] = {
+            "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "by": by,
+            "reason": reason,
+        }
+        atomicfs.write_atomic(self.pause_file, json.dumps(record).encode() + b"\n")
+        return record
+
+    def resume(self) -> bool:
+        """Lift the pause; False when the root was not paused."""
+        try:
+            self.pause_file.unlink()
+        except FileNotFoundError:
+            return False
+        atomicfs.fsync_dir(self.input)
+        return True
 
     def ensure(self, extra: Iterable[Path] = ()) -> None:
         """Create every folder, then refuse a root split across filesystems."""

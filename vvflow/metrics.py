@@ -33,11 +33,13 @@ class _Snapshot(Collector):
         queue_length: Callable[[], dict[str, int]],
         heartbeat: Path,
         storage: Callable[[], dict[str, Any]] | None = None,
+        live: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.layout = layout
         self.queue_length = queue_length
         self.heartbeat = heartbeat
         self.storage = storage
+        self.live = live
 
     def collect(self) -> Iterator[Metric]:
         videos = GaugeMetricFamily("vvflow_videos", "Videos by state (folder)", labels=["state"])
@@ -77,6 +79,46 @@ class _Snapshot(Collector):
                     "Bytes free under the storage root",
                     value=float(snap["free_bytes"]),
                 )
+        if self.live is not None:
+            yield from _live_metrics(self.live())
+
+
+def _live_metrics(live: dict[str, Any]) -> Iterator[Metric]:
+    """Pause, what the videos in flight do, and the stages' slots."""
+    yield GaugeMetricFamily(
+        "vvflow_paused",
+        "1 while the root is paused (vvflow pause): nothing new is claimed, else 0",
+        value=1.0 if live["paused"] else 0.0,
+    )
+    videos = GaugeMetricFamily(
+        "vvflow_stage_videos",
+        "Videos in flight in this instance by stage, running it or waiting for its slot",
+        labels=["stage", "state"],
+    )
+    progress = GaugeMetricFamily(
+        "vvflow_stage_progress",
+        "The progress (0..1) a running stage reports for its video",
+        labels=["video", "stage"],
+    )
+    counts: dict[tuple[str, str], int] = {}
+    for video, activity in live["activity"].items():
+        key = (str(activity["stage"]), str(activity["state"]))
+        counts[key] = counts.get(key, 0) + 1
+        if activity.get("progress") is not None:
+            progress.add_metric([video, str(activity["stage"])], float(activity["progress"]))
+    for (stage, state), count in sorted(counts.items()):
+        videos.add_metric([stage, state], count)
+    yield videos
+    yield progress
+    for name, help_text in (
+        ("capacity", "Capacity of a stage's concurrency or of a named resource"),
+        ("in_use", "Units of a stage's concurrency or of a resource held now"),
+        ("waiting", "Videos waiting for a stage's slot or for a resource"),
+    ):
+        family = GaugeMetricFamily(f"vvflow_slot_{name}", help_text, labels=["slot"])
+        for slot, values in live["slots"].items():
+            family.add_metric([slot], float(values[name]))
+        yield family
 
 
 class Metrics:
@@ -88,6 +130,7 @@ class Metrics:
         queue_length: Callable[[], dict[str, int]],
         heartbeat: Path,
         storage: Callable[[], dict[str, Any]] | None = None,
+        live: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
@@ -122,7 +165,7 @@ class Metrics:
                              registry=r)  # fmt: skip
         for source in ("event", "rescan"):
             self.found.labels(source)
-        self.registry.register(_Snapshot(layout, queue_length, heartbeat, storage))
+        self.registry.register(_Snapshot(layout, queue_length, heartbeat, storage, live))
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
         self._unsubscribe = logs.subscribe(self.on_event)

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import calendar
+import json
 import os
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from vvflow import instance, report
+from vvflow import atomicfs, instance, report
 from vvflow.daemon import read_health
 from vvflow.dedupe import ContentIndex
-from vvflow.layout import Layout, State
+from vvflow.layout import PROGRESS, Layout, State
 from vvflow.storage import free_bytes
 
 NEWEST_FAILURES = 10
@@ -59,6 +60,7 @@ def collect(layout: Layout, lease_seconds: float) -> dict[str, Any]:
             if inodes.get(name) == inode:
                 blocked.setdefault(name, {"name": name, "reason": reason, "instance": folder.name})
         claims = layout.claims_in(folder)
+        activity = {} if dead else _activity(folder)
         for path in claims:
             rep = report.load(layout.report_path(path.name))
             running = None
@@ -71,14 +73,24 @@ def collect(layout: Layout, lease_seconds: float) -> dict[str, Any]:
                 mtime = path.lstat().st_ctime
             except FileNotFoundError:
                 continue
-            processing.append(
-                {
-                    "name": path.name,
-                    "instance": folder.name,
-                    "stage": running,
-                    "for_s": round(_age(rep.claimed_at if rep else None, mtime), 1),
-                }
-            )
+            entry: dict[str, Any] = {
+                "name": path.name,
+                "instance": folder.name,
+                "stage": running,
+                "for_s": round(_age(rep.claimed_at if rep else None, mtime), 1),
+            }
+            now = activity.get(path.name)
+            if isinstance(now, dict) and now.get("stage"):
+                # What the instance itself says (it may wait for a slot, and knows the
+                # stage's progress), rather than the report's last write.
+                entry["stage"] = now["stage"]
+                entry["activity"] = now.get("state")
+                for key in ("waiting_for", "attempt", "progress", "message"):
+                    if now.get(key) is not None:
+                        entry[key] = now[key]
+                if isinstance(now.get("since"), int | float):
+                    entry["stage_for_s"] = round(max(0.0, time.time() - now["since"]), 1)
+            processing.append(entry)
         age = instance.heartbeat_age(folder)
         instances.append(
             {
@@ -111,6 +123,7 @@ def collect(layout: Layout, lease_seconds: float) -> dict[str, Any]:
         del failure["_when"]
     return {
         "root": str(layout.root),
+        "paused": layout.paused(),
         State.PENDING.value: len(candidates),
         State.PROCESSING.value: len(processing),
         State.COMPLETED.value: sum(1 for _ in layout.files_in(State.COMPLETED)),
@@ -122,6 +135,17 @@ def collect(layout: Layout, lease_seconds: float) -> dict[str, Any]:
         "blocked": sorted(blocked.values(), key=lambda b: str(b["name"])),
         "instances": instances,
     }
+
+
+def _activity(folder: Path) -> dict[str, Any]:
+    """What an instance says its videos do now (its activity file), by video name."""
+    data = atomicfs.read_regular(folder / PROGRESS)
+    try:
+        record = json.loads(data) if data is not None else None
+    except ValueError:
+        return {}
+    videos = record.get("videos") if isinstance(record, dict) else None
+    return videos if isinstance(videos, dict) else {}
 
 
 def storage(layout: Layout, min_free_bytes: int, lease_seconds: float) -> dict[str, Any]:
@@ -217,12 +241,36 @@ def _reason(failure: dict[str, Any]) -> str:
     return text[len(prefix) :] if failure["stage"] and text.startswith(prefix) else text
 
 
+def _stage_cell(entry: dict[str, Any]) -> str:
+    """`scan 42% (12s)`, `summarize waiting for gpu`, or the stage and its time."""
+    stage = entry.get("stage")
+    if not stage:
+        return "-"
+    if entry.get("activity") == "waiting":
+        return f"{stage} waiting for {', '.join(entry.get('waiting_for') or ['a slot'])}"
+    cell = str(stage)
+    if entry.get("progress") is not None:
+        cell += f" {100 * float(entry['progress']):.0f}%"
+    if entry.get("stage_for_s") is not None:
+        cell += f" ({_duration(float(entry['stage_for_s']))})"
+    return cell
+
+
 def render(data: dict[str, Any], width: int | None = None) -> str:
     """The status as tables for a person; reasons fit `width` (default: the terminal's
     width; unlimited when the output is not a terminal)."""
     if width is None:
         width = shutil.get_terminal_size((0, 0)).columns
     lines = [f"vvflow storage root {data['root']}", ""]
+    paused = data.get("paused")
+    if paused:
+        by = f" by {_show(str(paused['by']))}" if paused.get("by") else ""
+        why = f": {_show(str(paused['reason']), 200)}" if paused.get("reason") else ""
+        lines += [
+            f"PAUSED since {paused.get('since') or '?'}{by}{why}",
+            "  running videos finish; nothing new is claimed; `vvflow resume` ends it",
+            "",
+        ]
     notes = {
         State.PENDING.value: ", ".join(
             [f"{len(data['blocked'])} blocked"] * bool(data["blocked"])
@@ -240,7 +288,7 @@ def render(data: dict[str, Any], width: int | None = None) -> str:
     if data["processing_now"]:
         lines.append("")
         rows = [
-            [_show(p["name"]), p["stage"] or "-", _duration(p["for_s"]), p["instance"]]
+            [_show(p["name"]), _stage_cell(p), _duration(p["for_s"]), p["instance"]]
             for p in sorted(data["processing_now"], key=lambda p: -p["for_s"])
         ]
         lines += _table(["PROCESSING NOW", "STAGE", "FOR", "INSTANCE"], rows)

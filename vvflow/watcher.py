@@ -441,3 +441,10 @@ class Stability:
 
     def forget(self, name: str) -> None:
         self._drop(name)
+
+    def clear(self) -> None:
+        """Let go of every name (a paused burst run ends)."""
+        self._watch.clear()
+        self._due.clear()
+        self._ready.clear()
+        self._ready_count = 0
