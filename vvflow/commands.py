@@ -205,7 +205,7 @@ def _cmd_status(settings: Settings, *, as_json: bool) -> int:
 
 def _cmd_retry(settings: Settings, names: list[str], *, every: bool, from_start: bool) -> int:
     pipeline = Pipeline(settings.stages, settings.root)
-    layout = Layout(settings.root, settings.extensions, pipeline.output_paths)
+    layout = Layout(settings.root, settings.extensions, pipeline.all_outputs)
     if every == bool(names):
         raise ConfigError("retry: give failed video names or --all (not both)")
     failed = set(layout.files_in(State.FAILED))

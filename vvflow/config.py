@@ -32,7 +32,7 @@ from pydantic_settings import (
 )
 
 from vvflow.errors import ConfigError
-from vvflow.layout import INPUT
+from vvflow.layout import DIR_SUFFIX, INPUT
 
 ROOT_ENV = "VIDEO_STORAGE_ROOT"
 CONFIG_ENV = "VVFLOW_CONFIG"
@@ -46,7 +46,6 @@ OUTPUT_PLACEHOLDERS = ("name", "stem")
 #: The placeholder of a stage's folder output; an earlier stage's published folder is
 #: `{<stage>_dir}`.
 OUTPUT_DIR_PLACEHOLDER = "output_dir"
-DIR_SUFFIX = "_dir"
 
 DEFAULT_EXTENSIONS = (
     ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".wmv", ".flv", ".mpg", ".mpeg",

@@ -59,6 +59,9 @@ WORK = ".work"
 STAGE_PID = ".stage.pid"
 #: `.work/<name>/.publish-<hex>`: an output copied there, then renamed into place.
 PUBLISH_PREFIX = ".publish-"
+#: `<stage>_dir`: the key of a stage's folder output among a video's outputs (and its
+#: placeholder for later stages).
+DIR_SUFFIX = "_dir"
 #: `<root>/index/`: caches of what reports/ and the state folders say, rebuilt if missing.
 INDEX = "index"
 #: `index/names/<stem key>/<name key>`: every name vvflow gave a video, by casefolded stem.
@@ -233,8 +236,9 @@ class Layout:
     ) -> None:
         self.root = root
         self.extensions = tuple(extensions)
-        #: (name, stem) -> stage name -> the final path of that stage's output (the
-        #: pipeline's `output_paths`); names must fit NAME_MAX, outputs follow a rename.
+        #: (name, stem) -> stage name -> the final path of that stage's output, and
+        #: `<stage>_dir` -> its folder output (the pipeline's `all_outputs`); names must
+        #: fit NAME_MAX, outputs follow a rename.
         self.output_paths = output_paths
         self.input = root / INPUT
         self.pending = self.input / State.PENDING
@@ -586,11 +590,14 @@ class Layout:
         the content they describe is gone. Paths in `keep` (casefolded) are another
         video's."""
         for record in rep.stages.values():
-            if record.output is None or record.identity != rep.identity:
+            if record.identity != rep.identity:
                 continue
-            path = self.root / record.output
-            if path.as_posix().casefold() not in keep:
-                _remove(path)
+            for output in (record.output, record.output_dir):
+                if output is None:
+                    continue
+                path = self.root / output
+                if path.as_posix().casefold() not in keep:
+                    _remove(path)
         with contextlib.suppress(FileNotFoundError):
             self.report_path(name).unlink()
 
@@ -621,6 +628,19 @@ class Layout:
             return None  # another process took it, or wrote a report there meanwhile
         targets = self.output_paths(new, split_name(new)[0]) if self.output_paths else {}
         for stage, record in rep.stages.items():
+            if record.output_dir is not None:
+                target_dir = targets.get(stage + DIR_SUFFIX)
+                if (
+                    record.status == StageStatus.SUCCEEDED
+                    and record.identity == identity
+                    and target_dir is not None
+                    and _carry(self.root / record.output_dir, target_dir, reported_at)
+                ):
+                    record.output_dir = os.path.relpath(target_dir, self.root)
+                else:
+                    if record.status == StageStatus.SUCCEEDED:
+                        record.status = StageStatus.PENDING  # its folder is gone: run again
+                    record.output_dir = None
             if record.output is None:
                 continue
             target = targets.get(stage)

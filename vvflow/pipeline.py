@@ -46,7 +46,7 @@ from tenacity import (
 
 from vvflow import logs
 from vvflow.atomicfs import fsync_dir, makedirs
-from vvflow.config import PLACEHOLDERS, StageConfig
+from vvflow.config import OUTPUT_DIR_PLACEHOLDER, PLACEHOLDERS, StageConfig
 from vvflow.errors import (
     AttemptFailed,
     BadInput,
@@ -58,7 +58,7 @@ from vvflow.errors import (
 )
 from vvflow.events import Event
 from vvflow.instance import RUN_TOKEN, kill_group, process_start, stop_group, sweep
-from vvflow.layout import PUBLISH_PREFIX, STAGE_PID
+from vvflow.layout import DIR_SUFFIX, PUBLISH_PREFIX, STAGE_PID
 from vvflow.report import Attempt, AttemptOutcome, Report, Saver, StageStatus, now_iso
 
 EX_DATAERR = 65
@@ -310,6 +310,22 @@ class Pipeline:
     def output_paths(self, name: str, stem: str) -> dict[str, Path]:
         return {s.name: self.output_path(s, name, stem) for s in self.stages}
 
+    def output_dir_path(self, stage: StageConfig, name: str, stem: str) -> Path | None:
+        if stage.output_dir is None:
+            return None
+        return self.root / stage.output_dir.format_map({"name": name, "stem": stem})
+
+    def output_dirs(self, name: str, stem: str) -> dict[str, Path]:
+        """Stage name -> the final path of its folder output, for the stages with one."""
+        dirs = {s.name: self.output_dir_path(s, name, stem) for s in self.stages}
+        return {stage: path for stage, path in dirs.items() if path is not None}
+
+    def all_outputs(self, name: str, stem: str) -> dict[str, Path]:
+        """Every output path of a video: files by stage name, folders as `<stage>_dir`
+        (the names the layout checks and carries when a video is renamed)."""
+        dirs = {stage + DIR_SUFFIX: path for stage, path in self.output_dirs(name, stem).items()}
+        return {**self.output_paths(name, stem), **dirs}
+
     def run(
         self,
         job: Job,
@@ -329,14 +345,18 @@ class Pipeline:
         outputs: dict[str, Path] = {}
         for stage in self.stages:
             final = self.output_path(stage, job.name, job.stem)
+            final_dir = self.output_dir_path(stage, job.name, job.stem)
             record = report.stage(stage.name)
             if (
                 record.status == StageStatus.SUCCEEDED
                 and record.identity == report.identity
                 and _nonempty_file(final)
+                and (final_dir is None or _real_dir(final_dir))
             ):
                 logs.event(Event.STAGE_SKIPPED, video=job.name, stage=stage.name, reason="done")
                 outputs[stage.name] = final
+                if final_dir is not None:
+                    outputs[stage.name + DIR_SUFFIX] = final_dir
                 continue
             # Saved once the stage has its slot: a video waiting for one is not running.
             record.status = StageStatus.RUNNING
@@ -348,6 +368,10 @@ class Pipeline:
                 self._run_stage(stage, job, report, outputs, tmp, cancel, save, guard, watch, clock)
                 started = clock.started
                 guard()
+                if final_dir is not None:
+                    publish_dir(_tmp_dir(job, stage), final_dir, self.root)
+                    record.output_dir = os.path.relpath(final_dir, self.root)
+                    outputs[stage.name + DIR_SUFFIX] = final_dir
                 publish(tmp, final, self.root)
             except Cancelled:
                 # Stopped by a shutdown: the stage will run again, it is not running now.
@@ -418,6 +442,8 @@ class Pipeline:
             "output": str(tmp),
             **{name: str(path) for name, path in outputs.items()},
         }
+        if stage.output_dir is not None:
+            values[OUTPUT_DIR_PLACEHOLDER] = str(_tmp_dir(job, stage))
         first_attempt = len(report.stage(stage.name).attempts) + 1
 
         def before_sleep(state: RetryCallState) -> None:
@@ -481,11 +507,17 @@ class Pipeline:
         record = report.stage(stage.name)
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if stage.output_dir is not None:
+            # Each attempt starts from an empty folder: nothing of a failed one is kept.
+            folder = _tmp_dir(job, stage)
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
         argv = [arg.format_map(values) for arg in stage.command]
         env = dict(os.environ)
         env.update(self.extra_env)
         for key, value in values.items():
-            prefix = "VVFLOW_" if key in PLACEHOLDERS else "VVFLOW_STAGE_"
+            own = key in PLACEHOLDERS or key == OUTPUT_DIR_PLACEHOLDER
+            prefix = "VVFLOW_" if own else "VVFLOW_STAGE_"
             env[prefix + key.upper()] = value
         started_at, started = now_iso(), time.monotonic()
         logs.event(Event.STAGE_STARTED, video=job.name, stage=stage.name, attempt=number)
@@ -572,6 +604,10 @@ class Pipeline:
             raise AttemptFailed(why + suffix, exit_code=code)
         if not _nonempty_file(tmp):
             message = "exit 0 but no output: {output} is missing, empty or not a regular file"
+            failed("no_output", code, message)
+            raise AttemptFailed(message, exit_code=code)
+        if stage.output_dir is not None and not _real_dir(values[OUTPUT_DIR_PLACEHOLDER]):
+            message = "exit 0 but {output_dir} is gone or no longer a folder"
             failed("no_output", code, message)
             raise AttemptFailed(message, exit_code=code)
         finish("succeeded", code, None)
@@ -725,6 +761,84 @@ def _nonempty_file(path: Path) -> bool:
     return stat.S_ISREG(st.st_mode) and st.st_size > 0
 
 
+def _tmp_dir(job: Job, stage: StageConfig) -> Path:
+    """A stage's `{output_dir}`: a folder in the video's workspace."""
+    return job.workspace / f"{stage.name}{DIR_SUFFIX}"
+
+
+def _real_dir(path: Path | str) -> bool:
+    """A folder (not a symlink a stage planted)."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _inside_root(final: Path, root: Path | None) -> None:
+    if root is None:
+        return
+    folder = final.parent
+    while folder != root and root in folder.parents:
+        if folder.is_symlink():
+            raise AttemptFailed(f"{folder} is a symlink; not publishing outside the root")
+        folder = folder.parent
+
+
+def _copy_tree(src: Path, dst: Path) -> None:
+    """Copy a stage's folder output: folders and regular files only, each file synced.
+    A symlink or special file in it fails the attempt (a link could publish a file from
+    anywhere on the host)."""
+    dst.mkdir()
+    for entry in os.scandir(src):
+        target = dst / entry.name
+        if entry.is_dir(follow_symlinks=False):
+            _copy_tree(Path(entry.path), target)
+        elif entry.is_file(follow_symlinks=False):
+            shutil.copyfile(entry.path, target)
+            with target.open("rb+") as fh:
+                os.fsync(fh.fileno())
+        else:
+            raise AttemptFailed(
+                f"{{output_dir}} holds {entry.name!r}, which is neither a file nor a folder "
+                "(a symlink?); only files and folders are published"
+            )
+    fsync_dir(dst)
+
+
+def publish_dir(tmp: Path, final: Path, root: Path | None = None) -> None:
+    """Make a stage's finished `{output_dir}` its final folder output, whole: a copy
+    made beside the workspace is renamed into place in one step (an earlier run's
+    folder is first renamed away, then deleted), so readers see the old folder, no
+    folder, or the whole new one, never a part."""
+    _inside_root(final, root)
+    fresh = tmp.with_name(f"{PUBLISH_PREFIX}{uuid.uuid4().hex}")
+    old = fresh.with_name(fresh.name + ".old")
+    try:
+        makedirs(final.parent)
+        try:
+            _copy_tree(tmp, fresh)
+        except AttemptFailed:
+            shutil.rmtree(fresh, ignore_errors=True)
+            raise
+        try:
+            os.rename(final, old)
+        except FileNotFoundError:
+            pass
+        except NotADirectoryError:
+            os.unlink(final)  # a file where the folder goes: a stale leftover
+        os.rename(fresh, final)
+        shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as exc:
+        shutil.rmtree(fresh, ignore_errors=True)
+        message = f"cannot publish output folder {final}: {exc.strerror}"
+        if is_storage_error(exc):
+            raise StorageFailed(message) from None
+        raise AttemptFailed(message) from None
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
+    fsync_dir(final.parent)
+
+
 def publish(tmp: Path, final: Path, root: Path | None = None) -> None:
     """Make a stage's finished temporary output its final output, whole, in one rename.
 
@@ -733,12 +847,7 @@ def publish(tmp: Path, final: Path, root: Path | None = None) -> None:
     # A copy, not the stage's own file: a process the stage left behind may still hold
     # that file open, and nothing may change an output once it is published.
     fresh = tmp.with_name(f"{PUBLISH_PREFIX}{uuid.uuid4().hex}")
-    if root is not None:
-        folder = final.parent
-        while folder != root and root in folder.parents:
-            if folder.is_symlink():
-                raise AttemptFailed(f"{folder} is a symlink; not publishing outside the root")
-            folder = folder.parent
+    _inside_root(final, root)
     try:
         makedirs(final.parent)
         shutil.copyfile(tmp, fresh)

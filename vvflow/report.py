@@ -68,6 +68,8 @@ class StageRecord(BaseModel):
     status: StageStatus = StageStatus.PENDING
     attempts: list[Attempt] = Field(default_factory=list)
     output: str | None = None
+    #: The stage's folder output (`output_dir`), relative to the root, once published.
+    output_dir: str | None = None
     identity: Identity | None = None
     duration_s: float = 0.0
     error: str | None = None

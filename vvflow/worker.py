@@ -78,7 +78,7 @@ class Worker:
             storage_check=self.storage.check,
             resources=settings.resources,
         )
-        self.layout = Layout(settings.root, settings.extensions, self.pipeline.output_paths)
+        self.layout = Layout(settings.root, settings.extensions, self.pipeline.all_outputs)
         self.id = instance.InstanceId.current()
         self.lease = instance.Lease(self.layout.processing / self.id.name, settings.lease_seconds)
         #: What this instance has seen of the others' heartbeats (see instance.Liveness).
@@ -173,7 +173,7 @@ class Worker:
         """Check the root and take this instance's lease; `prepare` too unless the
         caller does it later (the daemon first starts watching, to answer health
         checks while a large index is rebuilt)."""
-        output_dirs = {p.parent for p in self.pipeline.output_paths("x", "x").values()}
+        output_dirs = {p.parent for p in self.pipeline.all_outputs("x", "x").values()}
         self.layout.ensure(output_dirs)
         self.lease.acquire()
         # Probed in our own folder: a probe cut short by a crash is cleaned with it.
@@ -546,12 +546,8 @@ class Worker:
     ) -> None:
         """Forget a run whose video changed under it: its outputs and report describe
         content that is gone. A file still there goes back to pending/ to start afresh."""
-        for record in rep.stages.values():
-            if record.output is not None and record.identity == rep.identity:
-                with contextlib.suppress(OSError):
-                    (self.layout.root / record.output).unlink()
         with contextlib.suppress(OSError):
-            rpath.unlink()
+            self.layout.discard(claim.name, rep)  # its outputs, folders too, and report
         shutil.rmtree(workspace, ignore_errors=True)
         returned = failed = None
         try:
