@@ -31,6 +31,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -46,6 +47,7 @@ from vvflow.layout import (
     BUILT,
     BY_DIGEST,
     BY_SIZE,
+    DIR_SUFFIX,
     DUPLICATES,
     HASHED,
     INDEX,
@@ -55,7 +57,7 @@ from vvflow.layout import (
     State,
     split_name,
 )
-from vvflow.pipeline import publish
+from vvflow.pipeline import publish, publish_dir
 from vvflow.report import StageStatus
 
 CHUNK = 1 << 20
@@ -424,6 +426,21 @@ def rewrite_strings(data: Any, rename: Callable[[str], str]) -> Any:
     return data
 
 
+def derive_folder(source: Path, tmp: Path) -> None:
+    """Make `tmp` the duplicate's copy of the original's folder output `source`: the
+    same tree, its files hard links where possible (the publish copies them again)."""
+    tmp.mkdir()
+    for entry in os.scandir(source):
+        target = tmp / entry.name
+        if entry.is_dir(follow_symlinks=False):
+            derive_folder(Path(entry.path), target)
+        elif entry.is_file(follow_symlinks=False):
+            try:
+                os.link(entry.path, target)
+            except OSError:
+                shutil.copyfile(entry.path, target)
+
+
 def derive_output(source: Path, tmp: Path, paths: DerivedPaths) -> None:
     """Make `tmp` the duplicate's version of the original's output `source`: a JSON
     output with the paths derived from the original made the duplicate's, else a hard
@@ -467,6 +484,7 @@ class ClaimContent:
         output_paths: Callable[[str, str], dict[str, Path]],
         cancel: threading.Event,
         guard: Callable[[], None],
+        output_dirs: Callable[[str, str], dict[str, Path]] = lambda name, stem: {},
     ) -> None:
         self.index = index
         self.layout = index.layout
@@ -476,6 +494,8 @@ class ClaimContent:
         self.lease_folder = lease_folder
         #: (name, stem) -> stage name -> the final path of that stage's output.
         self.output_paths = output_paths
+        #: (name, stem) -> stage name -> the final path of that stage's folder output.
+        self.output_dirs = output_dirs
         self.cancel = cancel
         #: Raises unless the claim is still this instance's, unchanged (Worker._guard).
         self.guard = guard
@@ -539,16 +559,29 @@ class ClaimContent:
         them is gone."""
         claim, rep, root = self.claim, self.rep, self.layout.root
         started = time.monotonic()
-        sources = self.output_paths(original.name, split_name(original.name)[0])
+        original_stem = split_name(original.name)[0]
+        sources = self.output_paths(original.name, original_stem)
         targets = self.output_paths(claim.name, claim.stem)
-        if not all(path.is_file() for path in sources.values()):
+        source_dirs = self.output_dirs(original.name, original_stem)
+        target_dirs = self.output_dirs(claim.name, claim.stem)
+        if not all(path.is_file() for path in sources.values()) or not all(
+            path.is_dir() and not path.is_symlink() for path in source_dirs.values()
+        ):
             return False
         paths = DerivedPaths.of(
             root,
             self.layout.processing,
             (original.name, claim.path),
-            [(sources[stage], targets[stage]) for stage in sources],
+            [(sources[stage], targets[stage]) for stage in sources]
+            + [(source_dirs[stage], target_dirs[stage]) for stage in source_dirs],
         )
+        for stage, source_dir in source_dirs.items():
+            tmp_dir = workspace / f"{stage}{DIR_SUFFIX}"
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+            derive_folder(source_dir, tmp_dir)
+            self.guard()
+            publish_dir(tmp_dir, target_dirs[stage], root)
+            rep.stage(stage).output_dir = os.path.relpath(target_dirs[stage], root)
         for stage, source in sources.items():
             tmp = workspace / targets[stage].name
             with contextlib.suppress(FileNotFoundError):

@@ -692,6 +692,7 @@ class Worker:
             save,
             lease_folder=self.lease.folder,
             output_paths=self.pipeline.output_paths,
+            output_dirs=self.pipeline.output_dirs,
             cancel=self.cancel,
             guard=lambda: self._guard(claim),
         )
