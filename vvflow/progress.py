@@ -14,7 +14,7 @@ WIDTH = 24
 
 
 class ProgressBar:
-    """Redraws `[#####-----] 3/10  done 2  failed 1  a.mp4: scan` after every event."""
+    """Redraws `[#####-----] 3/10  done 2  failed 1  a.mp4: scan 42%` after every event."""
 
     def __init__(self, stream: TextIO = sys.stderr) -> None:
         self.stream = stream
@@ -33,6 +33,11 @@ class ProgressBar:
                 self.total = int(fields.get("videos", 0))
             elif name == Event.STAGE_STARTED:
                 self.current[video] = str(fields.get("stage", ""))
+            elif name == Event.STAGE_WAITING:
+                self.current[video] = f"{fields.get('stage', '')} (waiting)"
+            elif name == Event.STAGE_PROGRESS:
+                progress = float(fields.get("progress", 0.0))
+                self.current[video] = f"{fields.get('stage', '')} {100 * progress:.0f}%"
             elif name in (Event.COMPLETED, Event.FAILED, Event.RELEASED):
                 self.current.pop(video, None)
                 if name == Event.COMPLETED:
