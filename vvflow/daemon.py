@@ -346,8 +346,8 @@ class Daemon:
             self._write_activity(now)
         if now >= self._next_recover:
             # Burst mode ends by watching the instances it could not judge: look often.
-            pace = 8 if self.burst else 3
-            self._next_recover = now + min(5.0, self.settings.lease_seconds / pace)
+            lease = self.settings.lease_seconds
+            self._next_recover = now + (min(1.0, lease / 8) if self.burst else min(5.0, lease / 3))
             try:
                 self._recover(now)
             except OSError as exc:
