@@ -137,7 +137,12 @@ class Worker:
         found: list[dict[str, object]] = []
         for path in self.layout.claims_in(self.lease.folder):
             now = activity.get(path.name, {})
-            found.append({"video": path.name, "stage": now.get("stage"), **now})
+            entry: dict[str, object] = {"video": path.name, "stage": now.get("stage")}
+            if now.get("state") == "waiting":
+                entry["waiting_for"] = now.get("waiting_for")
+            elif now.get("progress") is not None:
+                entry["progress"] = now["progress"]
+            found.append(entry)
         return found
 
     def request_stop(self, grace_seconds: float) -> float:
