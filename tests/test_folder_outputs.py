@@ -94,9 +94,16 @@ def test_kill_9_mid_stage_leaves_no_part_of_the_folder_and_the_rerun_publishes_i
     with Fleet(root, tmp_path) as fleet:
         run = fleet.start("run")
         wait_for(lambda: b'"stage_progress"' in run.log.read_bytes(), what="the slow stage")
-        status = root.status()
-        (now,) = status["processing_now"]
-        assert (now["stage"], now.get("progress")) == ("frames", 0.5), now
+
+        def showing() -> list[dict[str, Any]]:
+            return list(root.status()["processing_now"])
+
+        # The instance rewrites its activity file within a second of a change.
+        wait_for(lambda: [n.get("progress") for n in showing()] == [0.5],
+                 what="status to show the progress", detail=showing)  # fmt: skip
+        (now,) = showing()
+        assert (now["stage"], now["activity"], now["message"]) == (
+            "frames", "running", "half of the frames"), now  # fmt: skip
         run.proc.send_signal(signal.SIGKILL)
         run.proc.wait()
         assert not (root.path / "keyframes" / "a").exists()
