@@ -174,9 +174,11 @@ def test_builtin_pipeline_duplicate_keeps_its_data(root: Root) -> None:
         assert new == _replace_whole(old, {**mapping, **videos}), (old, new)
         assert "holiday" not in json.dumps(new).replace("holiday.", ""), new
     analytic = json.loads((root.path / "analytic" / "holiday.analytic.json").read_text())
+    # Named relative to the keyframes folder, the duplicate's own copy of the scan's.
+    keyframes = root.path / "keyframes" / "holiday"
     frames = [s["keyframe"] for s in analytic["scenes"] if s["keyframe"]]
-    assert frames and all((root.path / f).is_file() for f in frames), frames
-    assert (root.path / analytic["contact_sheet"]).is_file()
+    assert frames and all((keyframes / f).is_file() for f in frames), frames
+    assert (keyframes / analytic["contact_sheet"]).is_file()
 
 
 def _claimed_paths(root: Root, data: Any, name: str) -> list[str]:

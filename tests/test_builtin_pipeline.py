@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 from typing import Any
@@ -26,11 +27,26 @@ def test_builtin_pipeline_on_a_generated_video(root: Root, tmp_path: Path) -> No
     analytic = json.loads((root.path / "analytic" / "open day.analytic.json").read_text())
     assert analytic["scene_count"] == 3
     assert [s["start_frame"] for s in analytic["scenes"]] == [0, 25, 50]
-    sheet = root.path / analytic["contact_sheet"]
-    assert sheet.is_file() and sheet.read_bytes()[:2] == b"\xff\xd8"
-    assert sheet.parent == root.path / "keyframes" / "open day"
-    for scene in analytic["scenes"]:
-        assert (root.path / scene["keyframe"]).is_file()
+    # The scan's folder output, published whole (the report says so): its keyframes and
+    # contact sheet, named in the JSON relative to it; nothing else under keyframes/ (no
+    # staging leftovers, nothing of the videos that failed).
+    keyframes = root.path / "keyframes"
+    assert sorted(p.relative_to(keyframes).as_posix() for p in keyframes.rglob("*")) == [
+        "open day",
+        "open day/contact-sheet.jpg",
+        "open day/scene-001.jpg",
+        "open day/scene-002.jpg",
+        "open day/scene-003.jpg",
+    ]
+    assert analytic["contact_sheet"] == "contact-sheet.jpg"
+    assert [s["keyframe"] for s in analytic["scenes"]] == [
+        "scene-001.jpg",
+        "scene-002.jpg",
+        "scene-003.jpg",
+    ]
+    for name in (analytic["contact_sheet"], *(s["keyframe"] for s in analytic["scenes"])):
+        assert (keyframes / "open day" / name).read_bytes()[:2] == b"\xff\xd8"
+    assert root.report("open day.mp4")["stages"]["scan"]["output_dir"] == "keyframes/open day"
     summary = json.loads((root.path / "summaries" / "open day.summary.json").read_text())
     assert len(summary["scenes"]) == 3
     assert "OPEN DAY" in json.dumps(summary).upper()
@@ -59,6 +75,12 @@ def test_llm_settings_from_the_config_file_reach_the_stages(root: Root) -> None:
         assert server.requests and server.authorization[0] == "Bearer sk-test"
     summary = json.loads((root.path / "summaries" / "a.summary.json").read_text())
     assert summary["generator"] == "llm:tiny-vision"
+    # summarize found the keyframe through {scan_dir}, the scan's published folder.
+    (scene,) = summary["scenes"]
+    keyframe = (root.path / "keyframes" / "a" / scene["keyframe"]).read_bytes()
+    parts = server.requests[0]["messages"][1]["content"]
+    images = [p["image_url"]["url"] for p in parts if p["type"] == "image_url"]
+    assert images == ["data:image/jpeg;base64," + base64.b64encode(keyframe).decode()]
     assert "sk-test" not in (root.path / "summaries" / "a.summary.json").read_text()
 
 

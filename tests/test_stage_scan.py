@@ -114,7 +114,7 @@ def test_metadata_of_video_and_audio_streams(tmp_path: Path) -> None:
 
     document = scan(video, tmp_path / "meta.analytic.json")
 
-    assert document["schema_version"] == 1
+    assert document["schema_version"] == 2
     assert document["source"] == {"path": str(video), "name": "meta.mkv", "stem": "meta"}
     assert document["container"]["format"] == "matroska,webm"
     assert document["container"]["size_bytes"] == video.stat().st_size
@@ -128,59 +128,100 @@ def test_metadata_of_video_and_audio_streams(tmp_path: Path) -> None:
     assert document["detection"]["detector"] == "content"
 
 
-def test_keyframes_and_contact_sheet_under_root_with_relative_paths(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_keyframes_go_straight_into_the_given_folder_named_relative_to_it(
+    tmp_path: Path,
 ) -> None:
-    root = tmp_path / "root"
     video = make_video(tmp_path / "in" / "clip.mp4", seconds=3.0, cuts=2)
-    work = root / "input" / "processing" / "host-1"
-    work.mkdir(parents=True)
-    monkeypatch.setenv("VVFLOW_ROOT", str(root))
-    monkeypatch.setenv("VVFLOW_STEM", "clip-2")
+    workspace = tmp_path / "work"
+    given = workspace / "keyframes.tmp"  # what vvflow makes of {output_dir}
+    given.mkdir(parents=True)
 
-    document = scan(video, work / "clip-2.analytic.json")
+    document = scan(video, workspace / "clip.analytic.json", "--keyframes-dir", str(given))
 
-    folder = root / "keyframes" / "clip-2"
-    assert document["keyframes_dir"] == "keyframes/clip-2"
-    assert document["contact_sheet"] == "keyframes/clip-2/contact-sheet.jpg"
-    assert sorted(p.name for p in folder.iterdir()) == [
-        "contact-sheet.jpg",
+    assert document["schema_version"] == 2
+    assert "keyframes_dir" not in document
+    assert document["contact_sheet"] == "contact-sheet.jpg"
+    assert [s["keyframe"] for s in document["scenes"]] == [
         "scene-001.jpg",
         "scene-002.jpg",
         "scene-003.jpg",
     ]
+    names = sorted(p.name for p in given.iterdir())
+    assert names == ["contact-sheet.jpg", "scene-001.jpg", "scene-002.jpg", "scene-003.jpg"]
+    assert sorted(p.name for p in workspace.iterdir()) == ["clip.analytic.json", "keyframes.tmp"]
+    # Published whole by one rename: the names in the JSON still hold.
+    published = tmp_path / "root" / "keyframes" / "clip"
+    published.parent.mkdir(parents=True)
+    given.rename(published)
     for scene, colour in zip(document["scenes"], segment_colour_names(2), strict=True):
-        assert scene["keyframe"] == f"keyframes/clip-2/scene-{scene['index']:03d}.jpg"
         assert scene["start_frame"] <= scene["keyframe_frame"] < scene["end_frame"]
-        image = cv2.imread(str(root / scene["keyframe"]))
+        image = cv2.imread(str(published / scene["keyframe"]))
         assert image is not None
         assert image.shape == (120, 160, 3)
         assert nearest_palette_colour(image.astype(np.uint8)) == colour
-    sheet = cv2.imread(str(root / document["contact_sheet"]))
+    sheet = cv2.imread(str(published / document["contact_sheet"]))
     assert sheet is not None
     assert sheet.shape[1] > 2 * 160
-    assert not [p for p in (root / "keyframes").iterdir() if p.name.startswith(".")]
 
 
-def test_by_hand_keyframes_go_next_to_output_or_to_the_given_folder(tmp_path: Path) -> None:
+def test_the_folder_comes_from_vvflow_output_dir_else_the_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    video = make_video(tmp_path / "clip.mp4", seconds=1.0)
+    root = tmp_path / "root"
+    work = root / "input" / "processing" / "host-1"
+    work.mkdir(parents=True)
+    monkeypatch.setenv("VVFLOW_ROOT", str(root))
+    monkeypatch.setenv("VVFLOW_STEM", "clip-2")
+    monkeypatch.setenv("VVFLOW_OUTPUT_DIR", str(work / "out-dir"))
+
+    document = scan(video, work / "clip-2.analytic.json")
+    assert document["scenes"][0]["keyframe"] == "scene-001.jpg"
+    assert (work / "out-dir" / "scene-001.jpg").is_file()
+    assert not (root / "keyframes").exists()
+
+    # A pipeline of your own that gives no folder: where keyframes went before folder
+    # outputs, <root>/keyframes/<stem>, replaced whole.
+    monkeypatch.delenv("VVFLOW_OUTPUT_DIR")
+    document = scan(video, work / "clip-2.analytic.json")
+    assert document["contact_sheet"] == "contact-sheet.jpg"
+    folder = root / "keyframes" / "clip-2"
+    assert sorted(p.name for p in folder.iterdir()) == ["contact-sheet.jpg", "scene-001.jpg"]
+    assert [p.name for p in (root / "keyframes").iterdir()] == ["clip-2"]
+
+
+def test_a_failed_scan_takes_back_what_it_wrote_into_the_given_folder(tmp_path: Path) -> None:
+    video = make_truncated(make_video(tmp_path / "t.mp4", seconds=3.0, cuts=2), tmp_path / "h.mp4")
+    given = tmp_path / "given"
+    given.mkdir()
+    (given / "mine.txt").write_text("not the stage's\n")
+
+    code = STAGES["scan"]([str(video), str(tmp_path / "h.json"), "--keyframes-dir", str(given)])
+
+    assert code == 65
+    assert [p.name for p in given.iterdir()] == ["mine.txt"]
+    assert not (tmp_path / "h.json").exists()
+    assert not (tmp_path / "keyframes").exists()
+
+
+def test_by_hand_keyframes_go_next_to_output(tmp_path: Path) -> None:
     video = make_video(tmp_path / "hand.mp4", seconds=1.0)
     out = tmp_path / "out"
 
     document = scan(video, out / "hand.analytic.json")
-    assert document["scenes"][0]["keyframe"] == "keyframes/hand/scene-001.jpg"
-    assert (out / "keyframes" / "hand" / "contact-sheet.jpg").is_file()
 
-    elsewhere = tmp_path / "elsewhere" / "kf"
-    document = scan(video, out / "hand.analytic.json", "--keyframes-dir", str(elsewhere))
-    assert document["contact_sheet"] == str(elsewhere / "contact-sheet.jpg")
-    assert (elsewhere / "scene-001.jpg").is_file()
+    assert document["scenes"][0]["keyframe"] == "scene-001.jpg"
+    assert (out / "keyframes" / "hand" / "scene-001.jpg").is_file()
+    assert (out / "keyframes" / "hand" / document["contact_sheet"]).is_file()
 
 
 def test_rerun_replaces_the_keyframe_set_and_clears_leftovers(tmp_path: Path) -> None:
     out = tmp_path / "out"
     folder = out / "keyframes" / "v"
-    scan(make_video(tmp_path / "v.mp4", seconds=3.0, cuts=2), out / "v.analytic.json")
-    assert len(list(folder.glob("scene-*.jpg"))) == 3
+    document = scan(make_video(tmp_path / "v.mp4", seconds=3.0, cuts=2), out / "v.analytic.json")
+    assert sorted(p.name for p in folder.glob("scene-*.jpg")) == [
+        s["keyframe"] for s in document["scenes"]
+    ]
     leftover = out / "keyframes" / ".v.tmp-999-dead"  # what a SIGKILLed run leaves
     leftover.mkdir()
     (leftover / "scene-001.jpg").write_bytes(b"half")
@@ -219,9 +260,14 @@ def test_options_come_from_flags_else_environment(
 def test_cli_reports_progress_on_stderr_and_writes_the_same_output(tmp_path: Path) -> None:
     video = make_video(tmp_path / "cli.mp4", seconds=2.0, cuts=1)
     output = tmp_path / "cli.analytic.json"
+    folder = tmp_path / "cli-keyframes"
 
     # No time limit between lines, so a 2 s video shows every 5 % step of its decoding.
-    result = run_stage("scan", video, output, env={"VVFLOW_PROGRESS_SECONDS": "0"})
+    result = run_stage(
+        "scan",
+        *(video, output, "--keyframes-dir", folder),
+        env={"VVFLOW_PROGRESS_SECONDS": "0"},
+    )
 
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""
@@ -236,6 +282,16 @@ def test_cli_reports_progress_on_stderr_and_writes_the_same_output(tmp_path: Pat
     assert all(b - a >= 0.0499 for a, b in itertools.pairwise(decoding)), fractions
     document = json.loads(output.read_text())
     assert document["scene_count"] == 2
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "contact-sheet.jpg",
+        "scene-001.jpg",
+        "scene-002.jpg",
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "cli-keyframes",
+        "cli.analytic.json",
+        "cli.mp4",
+    ]
     # The same document as a run without a progress line: only which frame near a
     # scene's middle is its keyframe may differ from run to run (the sampler sees frames
     # and cuts from two threads), so that frame is left out of the comparison.

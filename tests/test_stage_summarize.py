@@ -36,13 +36,18 @@ def _no_pipeline_env(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="module")
 def titled(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Analytic JSON of a 3 s 320x240 video: 3 scenes (red, blue, green), "HELLO" burnt
-    in, a tone 6 dB quieter in every scene."""
+    in, a tone 6 dB quieter in every scene. Its keyframes were written into a folder of
+    their own, then moved to ``published/titled`` beside it, as vvflow publishes a
+    folder output."""
     folder = tmp_path_factory.mktemp("titled")
     video = make_video(
         folder / "titled.mp4", seconds=3.0, width=320, height=240, cuts=2, text="HELLO", audio=True
     )
     analytic = folder / "titled.analytic.json"
-    assert STAGES["scan"]([str(video), str(analytic)]) == 0
+    written = folder / "work" / "keyframes"
+    assert STAGES["scan"]([str(video), str(analytic), "--keyframes-dir", str(written)]) == 0
+    (folder / "published").mkdir()
+    written.rename(folder / "published" / "titled")
     return analytic
 
 
@@ -104,8 +109,14 @@ def test_deterministic_texts_say_what_was_measured(titled_summary: dict[str, Any
     assert one_sentence(summary), summary
     assert "3 scenes" in summary
     assert '"HELLO"' in summary
-    assert titled_summary["schema_version"] == 1
+    assert titled_summary["schema_version"] == 2
     assert titled_summary["scene_count"] == 3
+    # As in the scan: relative to the keyframes folder, wherever that went.
+    assert [s["keyframe"] for s in titled_summary["scenes"]] == [
+        "scene-001.jpg",
+        "scene-002.jpg",
+        "scene-003.jpg",
+    ]
 
 
 def test_small_silent_video_text_found_and_no_audio(tmp_path: Path) -> None:
@@ -141,7 +152,9 @@ def test_video_moved_since_the_scan_is_found_through_the_environment(
     assert json.loads((tmp_path / "s.json").read_text())["source"]["video"] == str(moved)
 
 
-def test_llm_writes_descriptions_and_summary_with_keyframes(titled: Path, tmp_path: Path) -> None:
+def test_llm_writes_descriptions_and_summary_with_keyframes_from_the_given_folder(
+    titled: Path, tmp_path: Path
+) -> None:
     def answer(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         system = body["messages"][0]["content"]
         if "scenes" in system:
@@ -160,6 +173,8 @@ def test_llm_writes_descriptions_and_summary_with_keyframes(titled: Path, tmp_pa
                 "tiny-vision",
                 "--llm-api-key",
                 "sekret",
+                "--keyframes-dir",
+                str(titled.parent / "published" / "titled"),
             ]
         )
 
@@ -177,13 +192,14 @@ def test_llm_writes_descriptions_and_summary_with_keyframes(titled: Path, tmp_pa
     assert server.paths == ["/v1/chat/completions"] * 4
     assert server.authorization == ["Bearer sekret"] * 4
     assert {r["model"] for r in server.requests} == {"tiny-vision"}
-    for request in server.requests[:3]:
+    for number, request in enumerate(server.requests[:3], 1):
         parts = request["messages"][1]["content"]
         images = [p["image_url"]["url"] for p in parts if p["type"] == "image_url"]
         assert len(images) == 1
         prefix = "data:image/jpeg;base64,"
         assert images[0].startswith(prefix)
-        assert base64.b64decode(images[0][len(prefix) :])[:2] == b"\xff\xd8"  # a JPEG
+        keyframe = titled.parent / "published" / "titled" / f"scene-{number:03d}.jpg"
+        assert base64.b64decode(images[0][len(prefix) :]) == keyframe.read_bytes()
         assert "HELLO" in json.dumps(parts)
     assert "Scene 3:" in server.requests[3]["messages"][1]["content"]
 

@@ -170,12 +170,13 @@ def builtin_stages() -> list[StageConfig]:
     return [
         StageConfig(
             name="scan",
-            command=[*vvflow, "scan", "{video}", "{output}"],
+            command=[*vvflow, "scan", "{video}", "{output}", "--keyframes-dir", "{output_dir}"],
             output="analytic/{stem}.analytic.json",
+            output_dir="keyframes/{stem}",
         ),
         StageConfig(
             name="summarize",
-            command=[*vvflow, "summarize", "{scan}", "{output}"],
+            command=[*vvflow, "summarize", "{scan}", "{output}", "--keyframes-dir", "{scan_dir}"],
             output="summaries/{stem}.summary.json",
         ),
         StageConfig(

@@ -30,8 +30,6 @@ EX_FAILURE = 1
 EX_USAGE = 2
 EX_DATAERR = 65  # sysexits.h: the input data was incorrect; vvflow does not retry it
 
-SCHEMA_VERSION = 1
-
 PROGRESS_PREFIX = "vvflow:progress"
 #: A throttled stage reports at most this often (env VVFLOW_PROGRESS_SECONDS) ...
 PROGRESS_SECONDS = 0.5
@@ -121,15 +119,6 @@ def read_json_object(path: Path, what: str) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise BadInput(f"{path}: not a {what} (JSON {type(document).__name__}, not an object)")
     return document
-
-
-def relative_to_root(path: Path, root: Path | None) -> str:
-    """``path`` relative to ``root`` when it lies under it, else absolute."""
-    absolute = path.resolve()
-    if root is not None:
-        with contextlib.suppress(ValueError):
-            return absolute.relative_to(root.resolve()).as_posix()
-    return str(absolute)
 
 
 def report_progress(fraction: float, message: str = "") -> None:

@@ -1,4 +1,6 @@
-"""Keyframe JPEGs and the contact sheet, written into a folder that appears whole or not at all."""
+"""Keyframe JPEGs and the contact sheet, and the folders they are written into: one that
+vvflow publishes whole (``filled_folder``), or one this stage replaces whole by hand
+(``staged_folder``)."""
 
 from __future__ import annotations
 
@@ -221,6 +223,29 @@ def contact_sheet(tiles: Sequence[Tile]) -> Image:
             cv2.LINE_AA,
         )
     return sheet
+
+
+@contextlib.contextmanager
+def filled_folder(folder: Path) -> Iterator[Path]:
+    """Yield ``folder`` (created if missing) to write into directly.
+
+    For a folder that someone else publishes whole once the stage succeeded, such as
+    vvflow's ``{output_dir}``. On error (or SIGTERM turned into SystemExit) the entries
+    this run added are removed again; what the folder held before is left alone.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    before = set(os.listdir(folder))
+    try:
+        yield folder
+    except BaseException:
+        for name in set(os.listdir(folder)) - before:
+            path = folder / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+        raise
 
 
 @contextlib.contextmanager

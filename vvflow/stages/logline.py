@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from vvflow.stages.command import (
-    SCHEMA_VERSION,
     BadInput,
     add_io_arguments,
     env_default,
@@ -40,6 +39,7 @@ from vvflow.stages.prose import (
     word_count,
 )
 
+SCHEMA_VERSION = 1
 MAX_WORDS = 35
 SUMMARY = "summary JSON (the summarize stage's output)"
 _FAST_CUT_SECONDS = 2.0

@@ -1,7 +1,18 @@
-"""``vvflow stage scan VIDEO OUTPUT``: metadata, shots, keyframes and a contact sheet.
+"""``vvflow stage scan VIDEO OUTPUT [--keyframes-dir DIR]``: metadata, shots, keyframes
+and a contact sheet.
 
 Writes the analytic JSON (README.md, "Built-in stage outputs") to OUTPUT, and one JPEG
-per scene plus ``contact-sheet.jpg`` to ``<root>/keyframes/<stem>/``.
+per scene (``scene-001.jpg``, ...) plus ``contact-sheet.jpg`` to a keyframes folder. The
+JSON names them relative to that folder, so it stays right when the folder moves:
+
+- ``--keyframes-dir DIR``, else ``$VVFLOW_OUTPUT_DIR``: the files are written straight
+  into DIR (created if missing; other entries are left alone). The built-in pipeline
+  passes ``{output_dir}``, an empty folder in the video's workspace that vvflow
+  publishes whole to ``<root>/keyframes/<stem>`` once the stage succeeded. On failure
+  the files this run wrote are removed.
+- Neither (by hand, or a pipeline of your own that gives no folder): as before folder
+  outputs existed, ``$VVFLOW_ROOT/keyframes/<stem>``, else ``keyframes/<stem>`` next to
+  OUTPUT, filled in a hidden sibling and swapped in whole, replacing an older set.
 
 Progress (``vvflow:progress`` lines on stderr, see ``command.py``): 0 on start, then the
 share of the duration decoded, at most every 0.5 s and 5 % (whichever is rarer), held
@@ -36,12 +47,10 @@ from scenedetect import (
 from scenedetect.backends.opencv import VideoStreamCv2  # type: ignore[import-untyped]
 
 from vvflow.stages.command import (
-    SCHEMA_VERSION,
     BadInput,
     Progress,
     add_io_arguments,
     env_default,
-    relative_to_root,
     run_stage,
     write_bytes_atomic,
     write_json,
@@ -55,6 +64,7 @@ from vvflow.stages.keyframes import (
     contact_sheet,
     decode_jpeg,
     encode_jpeg,
+    filled_folder,
     keyframe_name,
     nearest_to_middle,
     spread,
@@ -62,6 +72,10 @@ from vvflow.stages.keyframes import (
     thumbnail_jpeg,
 )
 from vvflow.stages.probe import probe
+
+#: 2: keyframes and the contact sheet are named relative to the keyframes folder (they
+#: were relative to the root), and ``keyframes_dir`` is gone.
+SCHEMA_VERSION = 2
 
 DEFAULT_THRESHOLDS: dict[str, float] = {
     "content": 27.0,
@@ -126,18 +140,21 @@ def scan(
 ) -> dict[str, Any]:
     """Scan ``video`` and write its keyframes; return the analytic document.
 
-    ``output`` is where the document will be written: by hand, without ``$VVFLOW_ROOT``,
-    its folder is the root that keyframe paths are relative to.
+    The keyframes go straight into ``keyframes_dir`` when it is given; else into
+    ``$VVFLOW_ROOT/keyframes/<stem>``, or ``keyframes/<stem>`` next to ``output`` (where
+    the document will be written), replaced whole.
     """
     options = options or ScanOptions()
     progress = Progress()
     progress.update(0.0, "probing")
     _quiet_decoders()
     stem = env_default("VVFLOW_STEM") or video.stem
-    root_env = env_default("VVFLOW_ROOT")
-    root = Path(root_env) if root_env else output.parent
     if keyframes_dir is None:
-        keyframes_dir = root / "keyframes" / stem
+        root_env = env_default("VVFLOW_ROOT")
+        root = Path(root_env) if root_env else output.parent
+        folder = staged_folder(root / "keyframes" / stem)
+    else:
+        folder = filled_folder(keyframes_dir)
 
     info = probe(video)
     stream = _open(video)
@@ -147,7 +164,7 @@ def scan(
         if duration:
             progress.update(min(_DECODED_AT_MOST, seconds / duration), "detecting scenes")
 
-    with staged_folder(keyframes_dir) as staging:
+    with folder as staging:
         keyframes = _Keyframes(staging)
         scenes, decoded = _detect(stream, options, keyframes, decoded_until)
         expected = int(info["video"]["frame_count_header"])
@@ -167,9 +184,6 @@ def scan(
         if tiles:
             sheet = encode_jpeg(contact_sheet(tiles), max_side=65_000)
             write_bytes_atomic(staging / CONTACT_SHEET_NAME, sheet)
-    for scene in scenes:
-        if scene["keyframe"] is not None:
-            scene["keyframe"] = relative_to_root(keyframes_dir / scene["keyframe"], root)
 
     return {
         "schema_version": SCHEMA_VERSION,
@@ -183,10 +197,7 @@ def scan(
         },
         "scene_count": len(scenes),
         "scenes": scenes,
-        "keyframes_dir": relative_to_root(keyframes_dir, root),
-        "contact_sheet": (
-            relative_to_root(keyframes_dir / CONTACT_SHEET_NAME, root) if tiles else None
-        ),
+        "contact_sheet": CONTACT_SHEET_NAME if tiles else None,
         "software": _software(),
     }
 
@@ -426,12 +437,15 @@ def _parser() -> argparse.ArgumentParser:
         default=env_default("VVFLOW_SCAN_MIN_SCENE_SECONDS", str(DEFAULT_MIN_SCENE_SECONDS)),
         help="shortest scene (env VVFLOW_SCAN_MIN_SCENE_SECONDS; default %(default)s)",
     )
+    output_dir = env_default("VVFLOW_OUTPUT_DIR")
     parser.add_argument(
         "--keyframes-dir",
+        metavar="DIR",
         type=Path,
-        default=None,
-        help="folder for keyframes (default: $VVFLOW_ROOT/keyframes/<stem>, "
-        "else keyframes/<stem> next to OUTPUT)",
+        default=Path(output_dir) if output_dir else None,
+        help="folder to write the keyframes and contact sheet into (env VVFLOW_OUTPUT_DIR; "
+        "default: $VVFLOW_ROOT/keyframes/<stem>, else keyframes/<stem> next to OUTPUT, "
+        "replaced whole)",
     )
     return parser
 

@@ -2,7 +2,11 @@
 the text on screen, a sentence per scene and a summary of the whole video.
 
 The texts are deterministic, built from the measurements, unless an OpenAI-compatible
-chat endpoint is configured and answers; the JSON says which wrote them.
+chat endpoint is configured and answers; the JSON says which wrote them. The LLM is
+shown each scene's keyframe, found in ``--keyframes-dir`` (the built-in pipeline passes
+``{scan_dir}``, the scan's published keyframes folder), else ``$VVFLOW_STAGE_SCAN_DIR``,
+else where a scan by hand puts it (``keyframes/<stem>`` under ``$VVFLOW_ROOT``, the root
+above ``analytic/``, or next to ANALYTIC).
 
 Progress (``vvflow:progress`` lines on stderr, see ``command.py``): the share of the
 scenes' frames measured (0 to 0.85, at the sampled and OCR frames), then each LLM
@@ -18,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from vvflow.stages.command import (
-    SCHEMA_VERSION,
     BadInput,
     Progress,
     add_io_arguments,
@@ -42,6 +45,8 @@ from vvflow.stages.ocr import read_text, unique_lines
 from vvflow.stages.probe import check_readable
 from vvflow.stages.prose import duration_words, first_sentence, join_words, quote
 
+#: 2: ``scenes[].keyframe`` is named relative to the keyframes folder, as in the scan.
+SCHEMA_VERSION = 2
 ANALYTIC = "analytic JSON (the scan stage's output)"
 
 _SCENE_PROMPT = (
@@ -65,18 +70,26 @@ def main(argv: list[str]) -> int:
     settings = LLMSettings.from_args(args)
 
     def work() -> None:
-        document = summarize(args.analytic, video=args.video, settings=settings)
+        document = summarize(
+            args.analytic, video=args.video, settings=settings, keyframes_dir=args.keyframes_dir
+        )
         write_json(args.output, document)
 
     return run_stage("summarize", work)
 
 
 def summarize(
-    analytic_path: Path, *, video: Path | None = None, settings: LLMSettings | None = None
+    analytic_path: Path,
+    *,
+    video: Path | None = None,
+    settings: LLMSettings | None = None,
+    keyframes_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Measure and describe every scene of the scan in ``analytic_path``.
 
     The video is ``video``, else ``$VVFLOW_VIDEO``, else the path the scan recorded.
+    Keyframes (for the LLM) are looked up in ``keyframes_dir``, else where a scan by
+    hand puts them.
     """
     settings = settings or LLMSettings()
     progress = Progress()
@@ -104,7 +117,7 @@ def summarize(
     reason: str | None = "not configured (no base URL or model)"
     if settings.configured:
         try:
-            keyframes = _keyframe_root(analytic_path)
+            keyframes = _keyframe_folders(analytic_path, analytic, keyframes_dir)
             descriptions = []
             for number, scene in enumerate(scenes):
                 share = _LLM_FROM + (1 - _LLM_FROM) * number / (len(scenes) + 1)
@@ -181,17 +194,25 @@ def _recorded_video(analytic: dict[str, Any], path: Path) -> Path:
     raise BadInput(f"{path}: not an {ANALYTIC}: no source.path, and no --video given")
 
 
-def _keyframe_root(analytic_path: Path) -> list[Path]:
-    """Folders that relative keyframe paths may be relative to, most likely first."""
-    candidates = []
+def _keyframe_folders(
+    analytic_path: Path, analytic: dict[str, Any], given: Path | None
+) -> list[Path]:
+    """Folders the scan's keyframe names may be relative to, most likely first: the one
+    given, the keyframes folder of a scan by hand, then the roots themselves (an analytic
+    JSON of schema 1, from before an upgrade, named keyframes relative to the root)."""
+    roots = []
     root = env_default("VVFLOW_ROOT")
     if root:
-        candidates.append(Path(root))
+        roots.append(Path(root))
     folder = analytic_path.resolve().parent
     if folder.name == "analytic":  # <root>/analytic/<stem>.analytic.json
-        candidates.append(folder.parent)
-    candidates.append(folder)
-    return candidates
+        roots.append(folder.parent)
+    roots.append(folder)
+    source = _object(analytic, "source")
+    recorded = source.get("stem") if isinstance(source.get("stem"), str) else None
+    stem = env_default("VVFLOW_STEM") or recorded or analytic_path.name.split(".")[0]
+    guesses = [*(base / "keyframes" / stem for base in roots), *roots]
+    return [given, *guesses] if given is not None else guesses
 
 
 def _scene_record(scene: dict[str, Any], result: SceneMeasures) -> dict[str, Any]:
@@ -387,6 +408,16 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="the video (default: $VVFLOW_VIDEO, else the path recorded by the scan)",
+    )
+    scan_dir = env_default("VVFLOW_STAGE_SCAN_DIR")
+    parser.add_argument(
+        "--keyframes-dir",
+        metavar="DIR",
+        type=Path,
+        default=Path(scan_dir) if scan_dir else None,
+        help="the scan's keyframes folder, which the keyframe names are relative to "
+        "(env VVFLOW_STAGE_SCAN_DIR; default: keyframes/<stem> under $VVFLOW_ROOT, "
+        "the root above analytic/, or next to ANALYTIC)",
     )
     add_llm_arguments(parser)
     return parser
