@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -72,6 +73,37 @@ int main(int argc, char **argv) {
 }
 """
 NOOP_PY = 'import sys\nwith open(sys.argv[-1], "w") as f:\n    f.write("{}\\n")\n'
+WAIT_C = r"""
+#include <fcntl.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+/* A stage that waits argv[1] seconds from its start, then writes its {output}: its last
+   argument. */
+int main(int argc, char **argv) {
+    if (argc < 3) return 2;
+    double seconds = atof(argv[1]);
+    struct timespec left = {(time_t)seconds, (long)((seconds - (double)(time_t)seconds) * 1e9)};
+    while (nanosleep(&left, &left) != 0) {}
+    int fd = open(argv[argc - 1], O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) return 1;
+    if (write(fd, "{}\n", 3) != 3) return 1;
+    return close(fd) == 0 ? 0 : 1;
+}
+"""
+# The same in Python, the wait measured from the process's start (/proc), so that the
+# interpreter's own start is part of it.
+WAIT_FROM_START_PY = """\
+import os, sys, time
+with open("/proc/self/stat", "rb") as f:
+    stat = f.read()
+began = int(stat[stat.rfind(b")") + 2 :].split()[19]) / os.sysconf("SC_CLK_TCK")
+left = float(sys.argv[1]) - (time.clock_gettime(time.CLOCK_BOOTTIME) - began)
+if left > 0:
+    time.sleep(left)
+with open(sys.argv[-1], "w") as f:
+    f.write("{}\\n")
+"""
 # A stage that waits (as one calling a model server would), then writes its {output}.
 WAIT_PY = (
     'import sys, time\ntime.sleep(float(sys.argv[1]))\nwith open(sys.argv[-1], "w") as f:\n'
@@ -95,10 +127,11 @@ class Mode:
     drops_polling: int
     scan_repeats: int
     shared_videos: int
+    pipelined_videos: int
 
 
-QUICK = Mode("quick", 20, 50, 3, 100_000, 5, 40, 2, 15, 8, 3, 40)
-FULL = Mode("full", 100, 50, 3, 100_000, 9, 200, 3, 100, 40, 7, 100)
+QUICK = Mode("quick", 20, 50, 3, 100_000, 5, 40, 2, 15, 8, 3, 40, 15)
+FULL = Mode("full", 100, 50, 3, 100_000, 9, 200, 3, 100, 40, 7, 100, 30)
 
 
 @dataclass(frozen=True)
@@ -125,6 +158,18 @@ def higher_is_better(name: str, vvflow: float, baseline: float, unit: str, note:
 
 SHARED_WORKERS = 4
 SHARED_STAGE_SECONDS = 0.2
+PIPELINED_STAGE_SECONDS = 0.2
+PIPELINED_STAGES = 3
+
+
+@dataclass(frozen=True)
+class PipelinedRun:
+    """One run of pipelined_throughput: videos/s, the mean time from one run of a stage
+    to the next run of the same stage (its slot's turnover, ms) and the load average."""
+
+    videos_per_second: float
+    turnover_ms: float
+    load: float
 
 
 @dataclass(frozen=True)
@@ -330,15 +375,16 @@ class Bench:
         self.video_cache = video_cache
         self.results: list[Result] = []
         self.skipped: dict[str, str] = {}
-        self.noop = self._build_noop()
+        self.noop = self._build("noop", NOOP_C, NOOP_PY)
+        self.waiter = self._build("wait", WAIT_C, WAIT_FROM_START_PY)
 
     # -- tools -------------------------------------------------------------------------
 
-    def _build_noop(self) -> list[str]:
-        """The do-nothing stage: a compiled C program, else a tiny Python script."""
-        source = self.work / "noop.c"
-        source.write_text(NOOP_C)
-        binary = self.work / "noop"
+    def _build(self, name: str, c_source: str, py_source: str) -> list[str]:
+        """A stand-in stage: a compiled C program, else a tiny Python script."""
+        source = self.work / f"{name}.c"
+        source.write_text(c_source)
+        binary = self.work / name
         compiler = shutil.which("gcc") or shutil.which("cc")
         if compiler is not None:
             done = subprocess.run(
@@ -346,8 +392,8 @@ class Bench:
             )
             if done.returncode == 0:
                 return [str(binary)]
-        script = self.work / "noop.py"
-        script.write_text(NOOP_PY)
+        script = self.work / f"{name}.py"
+        script.write_text(py_source)
         return [sys.executable, "-S", str(script)]
 
     def noop_root(self, name: str, **settings: Any) -> Path:
@@ -625,6 +671,108 @@ class Bench:
         seconds = time.perf_counter() - started
         shutil.rmtree(out)
         return count / seconds
+
+    def pipelined_throughput(self) -> None:
+        """Three stages of `concurrency = 1` that each wait, workers = 3: videos flow
+        between the stages, so the rate is the one stage's, against its ideal and against
+        workers = 1 (each video through every stage before the next)."""
+        count = self.mode.pipelined_videos
+        seconds = PIPELINED_STAGE_SECONDS
+        say(f"pipelined_throughput: {count} videos, workers = 3, then 4, then 1")
+        flowing = self._pipelined_once("pipelined-3", workers=3)
+        # One video more than stages: one waits in reserve, claimed and ready for the
+        # first stage, while a video is filed.
+        spare = self._pipelined_once("pipelined-4", workers=4)
+        sequential = self._pipelined_once("pipelined-1", workers=1)
+        ideal = 1 / seconds
+        ideal_sequential = 1 / (PIPELINED_STAGES * seconds)
+        ratio = flowing.videos_per_second / ideal
+        # Filling and draining the pipeline: the first video's first stages and the last
+        # one's last stages run alone.
+        cap = count / (count + PIPELINED_STAGES - 1)
+        overhead = flowing.turnover_ms - seconds * 1000
+        verdict = "met"
+        if ratio < 0.8:
+            verdict = (
+                f"missed by {0.8 - ratio:.2f}: a stage starts a run every "
+                f"{flowing.turnover_ms:.0f} ms, not {seconds * 1000:.0f}: {overhead:.0f} ms "
+                f"between one run's end and the next one's start (vvflow noticing the exit, "
+                f"the next video's turn, starting its process; with workers = 3 for 3 "
+                f"stages no video waits in reserve, so each filing and the next claim come "
+                f"between the runs of the first stage) on 2 CPUs with a load average of "
+                f"{flowing.load:.1f}"
+            )
+        self.results.append(
+            higher_is_better(
+                "pipelined_throughput",
+                flowing.videos_per_second,
+                ideal,
+                "videos/s",
+                f"{count} videos through {PIPELINED_STAGES} stages of `concurrency = 1` that "
+                f"each wait {seconds:g} s ({Path(self.waiter[-1]).name}), workers = 3, first "
+                f"claim to last completion, vs the ideal 1/{seconds:g} s; each stage started "
+                f"a run every {flowing.turnover_ms:.0f} ms (`stage_started` to the next of "
+                f"that stage); workers = 4 in the same run: "
+                f"{spare.videos_per_second:.2f}/s ({spare.videos_per_second / ideal:.2f}x, a "
+                f"run every {spare.turnover_ms:.0f} ms); workers = 1: "
+                f"{sequential.videos_per_second:.2f}/s "
+                f"({sequential.videos_per_second / ideal_sequential:.2f}x its ideal "
+                f"1/{PIPELINED_STAGES * seconds:g} s), so pipelining gives "
+                f"{flowing.videos_per_second / sequential.videos_per_second:.2f}x "
+                f"(at most {PIPELINED_STAGES}x); filling and draining the pipeline alone "
+                f"caps the ratio at {cap:.2f}x; goal >= 0.8x: {verdict}",
+            )
+        )
+
+    def _pipelined_once(self, name: str, *, workers: int) -> PipelinedRun:
+        """`vvflow once` over the waiting stages of `concurrency = 1`."""
+        count = self.mode.pipelined_videos
+        root = self.work / name
+        (root / "input" / "pending").mkdir(parents=True)
+        lines = [f"stable_seconds = 0\nworkers = {workers}"]
+        for number in range(1, PIPELINED_STAGES + 1):
+            command = [*self.waiter, str(PIPELINED_STAGE_SECONDS), "{output}"]
+            lines += [
+                "",
+                "[[stages]]",
+                f'name = "wait{number}"',
+                f"command = {toml_value(command)}",
+                f'output = "wait{number}/{{stem}}.json"',
+                "attempts = 1",
+                "concurrency = 1",
+            ]
+        (root / "vvflow.toml").write_text("\n".join(lines) + "\n")
+        fill_folder(root / "input" / "pending", count, size=1024, same_size=False)
+        done = subprocess.run(
+            vvflow("once", "--root", root),
+            env=clean_environment(),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
+        records = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+        completed = [r for r in records if r.get("event") == "completed"]
+        if done.returncode != 0 or len(completed) != count:
+            raise RuntimeError(f"vvflow once (waiting stages) failed:\n{done.stderr[-2000:]}")
+        first = min(log_time(r["ts"]) for r in records if r.get("event") == "claimed")
+        last = max(log_time(r["ts"]) for r in completed)
+        # Per stage, the time from one run's start to the next run's start: the stage
+        # holds its one slot for the whole run, so this is the slot's turnover.
+        began: dict[str, list[float]] = {}
+        for r in records:
+            if r.get("event") == "stage_started":
+                began.setdefault(r["stage"], []).append(log_time(r["ts"]))
+        steps = [
+            later - earlier
+            for times in began.values()
+            for earlier, later in itertools.pairwise(sorted(times))
+        ]
+        shutil.rmtree(root)
+        return PipelinedRun(
+            count / max(last - first, 1e-3), statistics.mean(steps) * 1000, os.getloadavg()[0]
+        )
 
     def drop_to_claim_latency(self) -> None:
         mode = self.mode
@@ -1001,6 +1149,7 @@ ORDER = (
     "rescan_vs_seed_poll",
     "startup_100k_completed_vs_empty",
     "noop_pipeline_throughput",
+    "pipelined_throughput",
     "drop_to_claim_latency",
     "drop_to_claim_latency_stream",
     "drop_to_claim_latency_polling",
@@ -1028,6 +1177,8 @@ def measure(bench: Bench, only: set[str] | None) -> None:
             bench.idle_rss_mb(history)
     if wanted("noop_pipeline_throughput"):
         bench.noop_pipeline_throughput()
+    if wanted("pipelined_throughput"):
+        bench.pipelined_throughput()
     if wanted(*(name for name in ORDER if name.startswith("drop_to_claim_latency"))):
         bench.drop_to_claim_latency()
     if wanted("scan_vs_decode", "scan_vs_scenedetect_cli"):
