@@ -186,7 +186,7 @@ def test_instance_that_lost_its_lease_claims_and_writes_nothing(
     root.configure([hostile(root, "scan")], stable_seconds=0.0)
     worker = Worker(load_settings(root_flag=str(root.path)))
     daemon = Daemon(worker)
-    worker.start()
+    daemon.take_lease()
     try:
         rescuer = subprocess.run(
             other_host_argv("rescuer", "once", "--root", str(root.path), "--lease-seconds", "1"),
@@ -204,7 +204,7 @@ def test_instance_that_lost_its_lease_claims_and_writes_nothing(
         assert not worker.lease.folder.exists(), tree(root)
     finally:
         worker.stopping.set()
-        worker.close()
+        daemon.release()
     assert entries(root.folder("processing")) == []
 
 

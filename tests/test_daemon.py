@@ -268,7 +268,7 @@ def _daemon(root: Root, **overrides: object) -> Daemon:
 
 def test_dead_observer_is_restarted_and_events_still_arrive(root: Root) -> None:
     daemon = _daemon(root)
-    daemon.worker.start()
+    daemon.take_lease()
     daemon._start_observer()
     try:
         assert daemon.step(now=0.0)

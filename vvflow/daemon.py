@@ -26,8 +26,8 @@ from typing import Any
 
 from watchdog.observers.api import BaseObserver
 
-from vvflow import atomicfs, instance, logs
-from vvflow.errors import ConfigError
+from vvflow import atomicfs, filesystem, instance, logs
+from vvflow.errors import ConfigError, LayoutError
 from vvflow.events import Event
 from vvflow.layout import HEALTH, PROGRESS, Candidate, State
 from vvflow.metrics import Metrics
@@ -132,7 +132,7 @@ class Daemon:
     # -- lifecycle -----------------------------------------------------------------
 
     def start(self) -> None:
-        self.worker.start(prepare=False)
+        self.take_lease()
         if not self.burst:
             if self.settings.metrics_port is not None:
                 self._serve_metrics(self.settings.metrics_host, self.settings.metrics_port)
@@ -140,13 +140,117 @@ class Daemon:
             # instances are recovered (both can take a while on a large root).
             self._start_observer()
             self._write_health()
-        self.worker.prepare()
+        self.prepare()
         self._check_pause(self.clock())
         self._recover(self.clock())
         for i in range(self.settings.workers):
             thread = threading.Thread(target=self._work_loop, name=f"vvflow-worker-{i}")
             thread.start()
             self._threads.append(thread)
+
+    # -- this instance's lease and the others' -------------------------------------
+
+    def take_lease(self) -> None:
+        """Check the root and take this instance's lease (its folder under processing/)."""
+        worker, layout = self.worker, self.layout
+        output_dirs = {p.parent for p in worker.pipeline.all_outputs("x", "x").values()}
+        layout.ensure(output_dirs)
+        worker.lease.acquire()
+        # Probed in our own folder: a probe cut short by a crash is cleaned with it.
+        caps = filesystem.probe(worker.lease.folder)
+        if caps.problems:
+            worker.lease.release()
+            layout.remove_instance_folder(worker.lease.folder)
+            raise LayoutError(
+                f"refusing to run on {layout.root}: {caps.describe()}: " + "; ".join(caps.problems)
+            )
+        atomicfs.use_renameat2(caps.noreplace is True)
+        try:
+            # One intent slot per move that may run at once (each worker, a claim, a
+            # recovery), so that filing never needs free space.
+            atomicfs.reserve_intents(worker.journal, self.settings.workers + 2)
+        except OSError as exc:
+            worker.storage.failed(
+                f"cannot reserve the move journal {worker.journal}: {exc.strerror}"
+            )
+        logs.event(Event.STARTED, instance=worker.id.name, root=str(layout.root), **caps.fields())
+
+    def prepare(self) -> None:
+        """Rebuild the names index and the content index from the reports if missing
+        (after the observer started: health checks pass while a large index is rebuilt)."""
+        started = time.monotonic()
+        if self.layout.ensure_names(self.worker.lease.folder):
+            logs.event(
+                Event.INDEX_REBUILT,
+                folder=str(self.layout.names),
+                duration_s=time.monotonic() - started,
+            )
+            started = time.monotonic()
+        if self.settings.dedupe and self.worker.index.ensure():
+            logs.event(
+                Event.INDEX_REBUILT,
+                folder=str(self.worker.index.folder),
+                duration_s=time.monotonic() - started,
+            )
+
+    def release(self) -> None:
+        """File or return what this instance still holds, give up the lease and remove
+        its folder."""
+        self.worker.return_leftovers()
+        self.worker.lease.release()
+        self.layout.remove_instance_folder(self.worker.lease.folder)
+
+    def recover(self) -> list[str]:
+        """Return the claims of every dead instance to pending/. Returns their names
+        there.
+
+        Each call is also a look at the others' heartbeats: an instance that this one
+        cannot see run or die (another host's, a stopped one) is dead only after calls
+        a lease apart found its heartbeat unchanged."""
+        worker, layout = self.worker, self.layout
+        total: list[str] = []
+        finished = atomicfs.retry_stranded()
+        if finished:
+            logs.event(Event.MOVES_FINISHED, moves=finished)
+        folders = [f for f in layout.instance_folders() if f != worker.lease.folder]
+        worker.liveness.keep_only(folders)
+        dead = [folder for folder in folders if worker.liveness.is_dead(folder)]
+        early = {folder: layout.take_over(folder) for folder in dead}
+        for folder in dead:
+            repaired = early[folder] + layout.take_over(folder)
+            instance.kill_orphan_stages(folder)  # before its videos can be claimed again
+            returned = layout.return_claims(folder, worker.journal)
+            total += [p.name for p in returned]
+            logs.event(
+                Event.RECOVERED,
+                instance=folder.name,
+                videos=[p.name for p in returned],
+                moves_repaired=repaired,
+            )
+        return total
+
+    def request_stop(self, grace_seconds: float) -> float:
+        """Claim nothing new and say so at once, with the deadline of the grace period
+        and what runs; returns that deadline on the monotonic clock."""
+        self.worker.stopping.set()
+        deadline = time.time() + grace_seconds
+        logs.event(
+            Event.STOPPING,
+            instance=self.worker.id.name,
+            grace_s=grace_seconds,
+            deadline=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(deadline))
+            + f".{int(deadline * 1000) % 1000:03d}Z",
+            running=self.worker.running(),
+        )
+        return time.monotonic() + grace_seconds
+
+    def end_grace(self) -> None:
+        """Stop the stages still running after the grace period; their videos go back to
+        pending/."""
+        if not self.worker.cancel.is_set():
+            logs.event(Event.GRACE_OVER, level=logging.WARNING, instance=self.worker.id.name,
+                       running=self.worker.running())  # fmt: skip
+        self.worker.cancel.set()
 
     def _serve_metrics(self, host: str, port: int) -> None:
         self.metrics = Metrics(
@@ -160,7 +264,7 @@ class Daemon:
             self.metrics_port = self.metrics.serve(host, port)
         except OSError as exc:
             self.metrics.close()
-            self.worker.close()
+            self.release()
             raise ConfigError(f"metrics: cannot listen on {host}:{port}: {exc.strerror}") from None
         logs.event(Event.METRICS_SERVING, address=f"http://{host}:{self.metrics_port}/metrics")
 
@@ -274,7 +378,7 @@ class Daemon:
     def shutdown(self) -> None:
         """Stop claiming; give running stages the grace period; then stop them (their
         videos go back to pending/); stop the observer and release the lease."""
-        deadline = self.worker.request_stop(self.settings.shutdown_grace_seconds)
+        deadline = self.request_stop(self.settings.shutdown_grace_seconds)
         while True:
             try:
                 self._work.get_nowait()
@@ -285,13 +389,13 @@ class Daemon:
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         if any(t.is_alive() for t in self._threads):
-            self.worker.end_grace()
+            self.end_grace()
             for thread in self._threads:
                 thread.join()
         if self._observer is not None:
             self._observer.stop()
             self._observer.join(timeout=5)
-        self.worker.close()
+        self.release()
         if self.metrics is not None:
             self.metrics.close()
         summary = self.summary
@@ -402,7 +506,7 @@ class Daemon:
     def _recover(self, now: float) -> None:
         """Return dead instances' claims to pending/, at the front of the queue: they
         waited once already, and were whole when claimed (no stability wait again)."""
-        returned = self.worker.recover()
+        returned = self.recover()
         self.summary.recovered += len(returned)
         for name in reversed(returned):
             if not self._busy(name):

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vvflow import atomicfs, dedupe, filesystem, instance, logs, report, storage
+from vvflow import dedupe, instance, logs, report, storage
 from vvflow.config import Settings
 from vvflow.errors import (
     Blocked,
@@ -66,7 +66,10 @@ class Outcome:
 
 
 class Worker:
-    """One vvflow instance: its lease on the root, its pipeline, its claims."""
+    """The life of a video in one vvflow instance: claim it, run its stages, file it,
+    and everything that can go wrong in between. What the instance holds for that (its
+    lease, pipeline, content index, claims) is here; the loop (daemon.Daemon) takes and
+    gives back the lease, recovers dead instances and decides what to claim."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -145,113 +148,9 @@ class Worker:
             found.append(entry)
         return found
 
-    def request_stop(self, grace_seconds: float) -> float:
-        """Claim nothing new and say so at once, with the deadline of the grace period
-        and what runs; returns that deadline on the monotonic clock."""
-        self.stopping.set()
-        deadline = time.time() + grace_seconds
-        logs.event(
-            Event.STOPPING,
-            instance=self.id.name,
-            grace_s=grace_seconds,
-            deadline=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(deadline))
-            + f".{int(deadline * 1000) % 1000:03d}Z",
-            running=self.running(),
-        )
-        return time.monotonic() + grace_seconds
-
-    def end_grace(self) -> None:
-        """Stop the stages still running after the grace period; their videos go back to
-        pending/."""
-        if not self.cancel.is_set():
-            logs.event(Event.GRACE_OVER, level=logging.WARNING, instance=self.id.name,
-                       running=self.running())  # fmt: skip
-        self.cancel.set()
-
     @property
     def journal(self) -> Path:
         return self.lease.folder / MOVES
-
-    # -- lifecycle -----------------------------------------------------------------
-
-    def start(self, *, prepare: bool = True) -> None:
-        """Check the root and take this instance's lease; `prepare` too unless the
-        caller does it later (the daemon first starts watching, to answer health
-        checks while a large index is rebuilt)."""
-        output_dirs = {p.parent for p in self.pipeline.all_outputs("x", "x").values()}
-        self.layout.ensure(output_dirs)
-        self.lease.acquire()
-        # Probed in our own folder: a probe cut short by a crash is cleaned with it.
-        caps = filesystem.probe(self.lease.folder)
-        if caps.problems:
-            self.lease.release()
-            self.layout.remove_instance_folder(self.lease.folder)
-            raise LayoutError(
-                f"refusing to run on {self.layout.root}: {caps.describe()}: "
-                + "; ".join(caps.problems)
-            )
-        atomicfs.use_renameat2(caps.noreplace is True)
-        try:
-            # One intent slot per move that may run at once (each worker, a claim, a
-            # recovery), so that filing never needs free space.
-            atomicfs.reserve_intents(self.journal, self.settings.workers + 2)
-        except OSError as exc:
-            self.storage.failed(f"cannot reserve the move journal {self.journal}: {exc.strerror}")
-        logs.event(
-            Event.STARTED, instance=self.id.name, root=str(self.layout.root), **caps.fields()
-        )
-        if prepare:
-            self.prepare()
-
-    def prepare(self) -> None:
-        """Rebuild the names index and the content index from the reports if missing."""
-        started = time.monotonic()
-        if self.layout.ensure_names(self.lease.folder):
-            logs.event(
-                Event.INDEX_REBUILT,
-                folder=str(self.layout.names),
-                duration_s=time.monotonic() - started,
-            )
-            started = time.monotonic()
-        if self.settings.dedupe and self.index.ensure():
-            logs.event(
-                Event.INDEX_REBUILT,
-                folder=str(self.index.folder),
-                duration_s=time.monotonic() - started,
-            )
-
-    def close(self) -> None:
-        self._return_leftovers()
-        self.lease.release()
-        self.layout.remove_instance_folder(self.lease.folder)
-
-    def recover(self) -> list[str]:
-        """Return the claims of every dead instance to pending/. Returns their names
-        there.
-
-        Each call is also a look at the others' heartbeats: an instance that this one
-        cannot see run or die (another host's, a stopped one) is dead only after calls
-        a lease apart found its heartbeat unchanged."""
-        total: list[str] = []
-        finished = atomicfs.retry_stranded()
-        if finished:
-            logs.event(Event.MOVES_FINISHED, moves=finished)
-        folders = [f for f in self.layout.instance_folders() if f != self.lease.folder]
-        self.liveness.keep_only(folders)
-        dead = [folder for folder in folders if self.liveness.is_dead(folder)]
-        early = {folder: self.layout.take_over(folder) for folder in dead}
-        for folder in dead:
-            repaired = early[folder] + self.layout.take_over(folder)
-            instance.kill_orphan_stages(folder)  # before its videos can be claimed again
-            returned = self.layout.return_claims(folder, self.journal)
-            total += [p.name for p in returned]
-            logs.event(
-                Event.RECOVERED,
-                instance=folder.name,
-                videos=[p.name for p in returned],
-                moves_repaired=repaired,
-            )
-        return total
 
     # -- one video -----------------------------------------------------------------
 
@@ -336,7 +235,7 @@ class Worker:
                    reason="filed after a storage pause")  # fmt: skip
         return True
 
-    def _return_leftovers(self) -> None:
+    def return_leftovers(self) -> None:
         """On the way out, every claim still here is filed where it was going or goes
         back to pending/; one that cannot move is said loudly and left for recovery by
         the next start (its folder loses its heartbeat, so it reads as dead)."""
