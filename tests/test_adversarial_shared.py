@@ -193,7 +193,7 @@ def test_instance_that_lost_its_lease_claims_and_writes_nothing(
             env=clean_env(), capture_output=True, text=True, timeout=50,
         )  # fmt: skip
         assert rescuer.returncode == 0, rescuer.stderr[-3000:]
-        assert not worker.lease.folder.exists(), rescuer.stderr[-3000:]
+        assert not worker.lease.folder.exists(), rescuer.stderr[-6000:]
         assert not worker.lease.held()
 
         root.drop("late.mp4")

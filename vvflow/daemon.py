@@ -108,6 +108,7 @@ class Daemon:
         #: Burst mode: the instances this run could not judge at a glance when it first
         #: had nothing left to do (None until then).
         self._undecided: set[str] | None = None
+        self._judged = False
         self._inbox: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._work: queue.Queue[Candidate | None] = queue.Queue()
@@ -373,7 +374,15 @@ class Daemon:
             if undecided:
                 logs.event(Event.WATCHING_INSTANCES, instances=sorted(undecided),
                            lease_seconds=self.settings.lease_seconds)  # fmt: skip
-        return not self._undecided & undecided
+        if self._undecided & undecided:
+            return False
+        if self._undecided and not self._judged:
+            # Watched long enough: one more look judges them (a dead one's videos come
+            # back to pending/ and are run before this run ends).
+            self._judged = True
+            self._recover(self.clock())
+            return False
+        return True
 
     def shutdown(self) -> None:
         """Stop claiming; give running stages the grace period; then stop them (their
