@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -122,6 +123,22 @@ def test_exit_65_fails_without_retry(root: Root) -> None:
     report = root.report("a.mp4")
     assert report["stages"]["scan"]["attempts"][0]["outcome"] == "bad_input"
     assert "bad input (exit 65): not a video" in report["error"]
+
+
+def test_a_failure_reason_is_never_a_progress_line(root: Root) -> None:
+    """A stage that reports its progress and dies without a word: the reason is its
+    exit (and the line before, if any said something), not `vvflow:progress 0.4`."""
+    script = (
+        "import sys; sys.stderr.write('loading model\\nvvflow:progress 0.4 decoding\\n'); "
+        "sys.exit(3)"
+    )
+    root.configure([{"name": "scan", "command": [sys.executable, "-c", script],
+                     "output": "analytic/{stem}.json", "attempts": 1}])  # fmt: skip
+    root.drop("a.mp4")
+    root.vvflow("once", check=1)
+    report = root.report("a.mp4")
+    assert report["error"] == "scan: exit 3: loading model", report["error"]
+    assert "vvflow:progress 0.4" in report["stages"]["scan"]["stderr_tail"]
 
 
 def test_exit_zero_without_output_is_a_failed_attempt(root: Root) -> None:

@@ -259,8 +259,13 @@ def _tail_text(data: bytes, limit: int = REPORT_TAIL_CHARS) -> str:
 
 
 def _last_line(data: bytes) -> str:
-    """The last line that says something (a row of dashes or a bare prompt does not)."""
-    lines = [ln.strip() for ln in _tail_text(data).splitlines() if any(c.isalnum() for c in ln)]
+    """The last line that says something (a row of dashes, a bare prompt or a progress
+    line does not)."""
+    lines = [
+        ln.strip()
+        for ln in _tail_text(data).splitlines()
+        if any(c.isalnum() for c in ln) and parse_progress(ln.encode()) is None
+    ]
     return lines[-1] if lines else ""
 
 
