@@ -12,7 +12,6 @@ stability window, and it returns when nothing is tracked or running any more.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import os
@@ -83,6 +82,36 @@ class Summary:
                 self.storage_error = self.storage_error or outcome.error
 
 
+class Turns:
+    """Claims in the order the loop handed the videos out (oldest first): the worker
+    thread of turn n claims once every earlier turn claimed or let its video go. Only
+    the claim waits; the videos then run side by side."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._issued = 0
+        self._next = 0
+        self._done: set[int] = set()
+
+    def issue(self) -> int:
+        with self._cond:
+            self._issued += 1
+            return self._issued - 1
+
+    def wait(self, turn: int) -> None:
+        with self._cond:
+            while self._next < turn:
+                self._cond.wait()
+
+    def done(self, turn: int) -> None:
+        with self._cond:
+            self._done.add(turn)
+            while self._next in self._done:
+                self._done.remove(self._next)
+                self._next += 1
+            self._cond.notify_all()
+
+
 class Daemon:
     """The watcher, the queue and the worker threads of one vvflow instance.
 
@@ -111,7 +140,8 @@ class Daemon:
         self._judged = False
         self._inbox: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._wake = threading.Event()
-        self._work: queue.Queue[Candidate | None] = queue.Queue()
+        self._work: queue.Queue[tuple[int, Candidate] | None] = queue.Queue()
+        self._turns = Turns()
         self._inflight: set[str] = set()
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -390,9 +420,13 @@ class Daemon:
         deadline = self.request_stop(self.settings.shutdown_grace_seconds)
         while True:
             try:
-                self._work.get_nowait()
+                item = self._work.get_nowait()
             except queue.Empty:
                 break
+            if item is not None:
+                self._turns.done(item[0])
+                with self._lock:
+                    self._inflight.discard(item[1].name)
         for _ in self._threads:
             self._work.put(None)
         for thread in self._threads:
@@ -581,23 +615,31 @@ class Daemon:
                 if candidate.name in self._inflight:
                     continue
                 self._inflight.add(candidate.name)
-            self._work.put(candidate)
+            self._work.put((self._turns.issue(), candidate))
 
     def _work_loop(self) -> None:
         while True:
-            candidate = self._work.get()
-            if candidate is None:
+            item = self._work.get()
+            if item is None:
                 return
+            turn, candidate = item
             requeue = False
+            claimed_turn = False
+
+            def claimed(name: str = candidate.name, turn: int = turn) -> None:
+                nonlocal claimed_turn
+                claimed_turn = True
+                self._turns.done(turn)  # the next video may claim now
+                if not self.burst:
+                    # Burst mode looks at pending/ once: a file that comes under a name
+                    # its claim freed is the next run's.
+                    self._claimed(name)
+
             try:
+                self._turns.wait(turn)
                 if self._pause_seen():
                     requeue = True  # handed out before the pause: not claimed
                 elif not self.worker.stopping.is_set():
-                    # Burst mode looks at pending/ once: a file that comes under a name
-                    # its claim freed is the next run's.
-                    claimed = (
-                        None if self.burst else functools.partial(self._claimed, candidate.name)
-                    )
                     outcome = self.worker.claim_and_run(candidate, claimed)
                     if outcome is not None:
                         self.summary.add(outcome)
@@ -606,6 +648,8 @@ class Daemon:
                     Event.INTERNAL_ERROR, level=logging.ERROR, exc_info=True, video=candidate.name
                 )
             finally:
+                if not claimed_turn:
+                    self._turns.done(turn)
                 with self._lock:
                     self._inflight.discard(candidate.name)
                 if requeue:

@@ -131,21 +131,39 @@ def slot_label(key: SlotKey) -> str:
     return f"stage {key[1]}" if key[0] == "stage" else key[1]
 
 
+#: How long a video just claimed keeps its place in the line of its first stage's slots
+#: before it asks for them itself (its history and report come first: milliseconds).
+EXPECT_SECONDS = 2.0
+
+
+@dataclass(eq=False)
+class _Waiter:
+    order: tuple[int, int]
+    ticket: int
+    needs: dict[SlotKey, int]
+    owner: str
+    #: Set for a place kept by `expect` (the video has not asked yet): after this
+    #: monotonic time it no longer holds anyone back.
+    expires: float | None = None
+
+
 class Slots:
     """The capacity of each stage with a `concurrency` and of each named resource,
     shared by the videos in flight in this instance.
 
-    A waiter takes everything it needs at once, or nothing; for each key it waits behind
-    the waiters that came earlier for that key (first come, first served, so none
-    starves), while waiters for other keys pass. The oldest waiter is first for all its
-    keys, so one always gets through once its keys are free: no deadlock."""
+    A waiter takes everything it needs at once, or nothing. Waiters stand in one line,
+    ordered by their video's place (oldest first, Candidate.order), then by arrival; for
+    each key a waiter waits behind those before it in line that want that key, while
+    waiters for other keys pass. The first in line is first for all its keys, so one
+    always gets through once its keys are free: no deadlock. A video just claimed keeps
+    its place for its first stage (`expect`), so that a younger video claimed a moment
+    later cannot take the slot before it asks."""
 
     def __init__(self, capacity: dict[SlotKey, int]) -> None:
         self.capacity = dict(capacity)
         self._free = dict(capacity)
         self._cond = threading.Condition()
-        #: (order, ticket, needs), kept sorted: the order of the video, then first come.
-        self._waiting: list[tuple[tuple[int, int], int, dict[SlotKey, int]]] = []
+        self._line: list[_Waiter] = []
         self._tickets = 0
 
     def needs_of(self, stage: StageConfig) -> dict[SlotKey, int]:
@@ -156,16 +174,43 @@ class Slots:
             needs["resource", name] = amount
         return needs
 
-    def _blocking(self, entry: tuple[tuple[int, int], int, dict[SlotKey, int]]) -> list[SlotKey]:
-        """The keys this waiter cannot take now (not enough free, or a waiter before it
-        in line wants it)."""
-        needs = entry[2]
+    def _enter(self, waiter: _Waiter) -> None:
+        bisect.insort(self._line, waiter, key=lambda w: (w.order, w.ticket))
+
+    def _blocking(self, waiter: _Waiter) -> list[SlotKey]:
+        """The keys this waiter cannot take now (not enough free, or one before it in
+        line wants it)."""
+        needs = waiter.needs
         blocked = [key for key, amount in needs.items() if self._free[key] < amount]
-        for other in self._waiting:
-            if other is entry:
+        now = time.monotonic()
+        for other in self._line:
+            if other is waiter:
                 break
-            blocked += [key for key in other[2] if key in needs and key not in blocked]
+            if other.expires is not None and other.expires < now:
+                continue
+            blocked += [key for key in other.needs if key in needs and key not in blocked]
         return blocked
+
+    def expect(self, owner: str, order: tuple[int, int], needs: dict[SlotKey, int]) -> None:
+        """Keep `owner`'s place in line for `needs` (its first stage's) for
+        EXPECT_SECONDS, or until it asks (`hold`) or is gone (`forget`)."""
+        if not needs:
+            return
+        with self._cond:
+            self._tickets += 1
+            self._enter(
+                _Waiter(order, self._tickets, needs, owner, time.monotonic() + EXPECT_SECONDS)
+            )
+
+    def forget(self, owner: str) -> None:
+        """Drop the places `owner` kept and no longer needs (its video skipped the stage,
+        or is done)."""
+        with self._cond:
+            kept = [w for w in self._line if w.owner == owner and w.expires is not None]
+            for waiter in kept:
+                self._line.remove(waiter)
+            if kept:
+                self._cond.notify_all()
 
     @contextlib.contextmanager
     def hold(
@@ -174,30 +219,39 @@ class Slots:
         cancel: threading.Event,
         waiting: Callable[[list[str]], None],
         order: tuple[int, int] = (1, 0),
+        owner: str = "",
     ) -> Iterator[None]:
         """Hold `needs` for the `with` block; `waiting(labels)` is called once if it must
-        wait first. Waiters line up by `order` (the video's), then by arrival. Raises
-        Cancelled when `cancel` is set while it waits."""
+        wait first. Raises Cancelled when `cancel` is set while it waits."""
         if not needs:
             yield
             return
         with self._cond:
-            self._tickets += 1
-            entry = (order, self._tickets, needs)
-            bisect.insort(self._waiting, entry, key=lambda e: (e[0], e[1]))
+            kept = next(
+                (w for w in self._line if w.owner == owner and owner and w.expires is not None),
+                None,
+            )
+            if kept is not None and kept.needs == needs:
+                waiter, kept.expires = kept, None  # it asks now, in the place it kept
+            else:
+                if kept is not None:
+                    self._line.remove(kept)
+                self._tickets += 1
+                waiter = _Waiter(order, self._tickets, needs, owner)
+                self._enter(waiter)
             try:
                 said = False
-                while blocked := self._blocking(entry):
+                while blocked := self._blocking(waiter):
                     if cancel.is_set():
                         raise Cancelled("shutdown requested while waiting for a slot")
                     if not said:
                         said = True
                         waiting([slot_label(key) for key in blocked])
-                    self._cond.wait(0.2)  # and look at `cancel` again
+                    self._cond.wait(0.2)  # and look at `cancel` (and kept places) again
                 for key, amount in needs.items():
                     self._free[key] -= amount
             finally:
-                self._waiting.remove(entry)
+                self._line.remove(waiter)
                 self._cond.notify_all()
         try:
             yield
@@ -211,9 +265,10 @@ class Slots:
         """Per slot: capacity, in use and waiting (for the metrics and `status`)."""
         with self._cond:
             waiting = {key: 0 for key in self.capacity}
-            for _, _, wants in self._waiting:
-                for key in wants:
-                    waiting[key] += 1
+            for waiter in self._line:
+                if waiter.expires is None:
+                    for key in waiter.needs:
+                        waiting[key] += 1
             return {
                 slot_label(key): {
                     "capacity": cap,
@@ -309,6 +364,10 @@ class Pipeline:
         self.storage_check = storage_check
         self.slots = make_slots(stages, resources or {})
 
+    def first_needs(self) -> dict[SlotKey, int]:
+        """What the first stage's runs hold (where a video just claimed keeps its place)."""
+        return self.slots.needs_of(self.stages[0])
+
     def output_path(self, stage: StageConfig, name: str, stem: str) -> Path:
         return self.root / stage.output.format_map({"name": name, "stem": stem})
 
@@ -359,6 +418,7 @@ class Pipeline:
                 and (final_dir is None or _real_dir(final_dir))
             ):
                 logs.event(Event.STAGE_SKIPPED, video=job.name, stage=stage.name, reason="done")
+                self.slots.forget(job.name)  # a place it kept for this stage
                 outputs[stage.name] = final
                 if final_dir is not None:
                     outputs[stage.name + DIR_SUFFIX] = final_dir
@@ -485,7 +545,7 @@ class Pipeline:
             with attempt:
                 number = first_attempt + attempt.retry_state.attempt_number - 1
                 asked = time.monotonic()
-                with self.slots.hold(needs, cancel, waiting, job.order):
+                with self.slots.hold(needs, cancel, waiting, job.order, job.name):
                     clock.held(asked)
                     guard()
                     if number == first_attempt:

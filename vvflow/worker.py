@@ -187,6 +187,8 @@ class Worker:
         if claim is None:
             logs.event(Event.CLAIM_LOST, video=candidate.name)
             return None
+        # Its place in line for the first stage's slots, before the next video's claim.
+        self.pipeline.slots.expect(claim.name, claim.order, self.pipeline.first_needs())
         if claimed is not None:
             claimed()
         try:
@@ -197,6 +199,7 @@ class Worker:
                 self._remember_renamed(claim)
             return self.run_claim(claim)
         finally:
+            self.pipeline.slots.forget(claim.name)
             with self._claims_lock:
                 self._held.discard(claim.name)
 
