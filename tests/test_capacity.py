@@ -231,6 +231,17 @@ def test_pending_videos_are_taken_oldest_first(root: Root, tmp_path: Path, comma
     assert [r["video"] for r in stage_log(root) if r["event"] == "start"] == arrival
 
 
+def test_several_workers_take_pending_videos_oldest_first(root: Root) -> None:
+    """With workers = 3 too, the oldest videos are claimed first, and the one slot of a
+    stage goes to them in the order they arrived."""
+    configure(root, [timed(root, "scan", 0.1, concurrency=1)], workers=3, stable_seconds=0.2)
+    arrival = ["c.mp4", "a.mp4", "e.mp4", "b.mp4", "d.mp4"]
+    drop_in_order(root, arrival)
+    log = events(root.vvflow("once", check=0).stderr)
+    assert [r["video"] for r in log if r["event"] == "claimed"] == arrival
+    assert [r["video"] for r in stage_log(root) if r["event"] == "start"] == arrival
+
+
 # -- pause ----------------------------------------------------------------------------
 
 
