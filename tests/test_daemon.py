@@ -3,6 +3,7 @@ with the real watchdog observers and real processes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -14,10 +15,12 @@ import tracemalloc
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.conftest import Root, events
+from tests.test_adversarial_support import tmpfs_root
 from vvflow.config import load_settings
 from vvflow.daemon import Daemon
 from vvflow.filesystem import filesystem_type, needs_polling
@@ -74,12 +77,24 @@ def running(root: Root, tmp_path: Path) -> Iterator[Callable[..., Running]]:
         run.close()
 
 
+def _health(root: Root) -> dict[str, Any]:
+    """The health record of the one `vvflow run` on `root` ({} before it writes one)."""
+    for path in root.folder("processing").glob("*/.health"):
+        with contextlib.suppress(OSError, ValueError):
+            record = json.loads(path.read_bytes())
+            return record if isinstance(record, dict) else {}
+    return {}
+
+
 @pytest.mark.parametrize("observer", ["inotify", "polling"])
 def test_dropped_video_is_processed_on_its_event(
     root: Root, running: Callable[..., Running], observer: str
 ) -> None:
     root.configure(stable_seconds=0.3, rescan_seconds=3600, observer=observer)
     run = running()
+    # The daemon rescans once more when its watch is surely up (the observer sets it up
+    # in its own thread): a drop before that may rightly be found by a rescan.
+    wait_for(lambda: _health(root).get("rescans", 0) >= 2, what="the rescan after the watch")
     root.drop("a.mp4")
     wait_for(lambda: root.names("completed") == ["a.mp4"], what="a.mp4 completed")
     assert (root.path / "loglines" / "a.logline.json").exists()
@@ -315,26 +330,40 @@ def test_stability_clock_driven(root: Root) -> None:
     assert daemon.stability.ready_count == 1
 
 
-@pytest.mark.timeout(240)
-def test_100k_pending_files_keep_the_queue_and_memory_bounded(root: Root) -> None:
-    daemon = _daemon(root, stable_seconds=0.0, workers=2)
-    daemon.worker.layout.ensure()
-    pending = root.folder("pending")
-    for i in range(100_000):
-        fd = os.open(pending / f"v{i:06d}.mp4", os.O_WRONLY | os.O_CREAT, 0o644)
-        os.write(fd, b"x")
-        os.close(fd)
-    tracemalloc.start()
+@contextlib.contextmanager
+def _memory_root(root: Root, tmp_path: Path, video_bytes: bytes) -> Iterator[Root]:
+    """A root on a tmpfs where one can be mounted (100,000 files are made and removed
+    in a second there, against ~50 s on this machine's disk), else `root`."""
     try:
-        daemon.rescan(now=0.0)
-        daemon.stability.check(now=0.0)
-        daemon._dispatch(now=0.0)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert daemon._work.qsize() == 4  # 2 x workers, however many are pending
-    assert len(daemon.stability) == 100_000 - 4
-    assert peak < 64 * 1024 * 1024, f"peak {peak / 2**20:.0f} MiB"
+        with tmpfs_root(tmp_path, video_bytes, 1024) as fast:
+            yield fast
+    except pytest.skip.Exception:
+        yield root
+
+
+@pytest.mark.timeout(240)
+def test_100k_pending_files_keep_the_queue_and_memory_bounded(
+    root: Root, tmp_path: Path, video_bytes: bytes
+) -> None:
+    with _memory_root(root, tmp_path, video_bytes) as where:
+        daemon = _daemon(where, stable_seconds=0.0, workers=2)
+        daemon.worker.layout.ensure()
+        pending = where.folder("pending")
+        for i in range(100_000):
+            fd = os.open(pending / f"v{i:06d}.mp4", os.O_WRONLY | os.O_CREAT, 0o644)
+            os.write(fd, b"x")
+            os.close(fd)
+        tracemalloc.start()
+        try:
+            daemon.rescan(now=0.0)
+            daemon.stability.check(now=0.0)
+            daemon._dispatch(now=0.0)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert daemon._work.qsize() == 4  # 2 x workers, however many are pending
+        assert len(daemon.stability) == 100_000 - 4
+        assert peak < 64 * 1024 * 1024, f"peak {peak / 2**20:.0f} MiB"
 
 
 def test_filesystem_type_detection(tmp_path: Path) -> None:
@@ -410,7 +439,7 @@ def test_kill_9_of_run_mid_stage_then_restart_completes(
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize(("instances", "videos"), [(2, 200), (4, 300)])
+@pytest.mark.parametrize(("instances", "videos"), [(2, 120), (4, 200)])
 def test_several_instances_run_each_stage_exactly_once(
     root: Root, running: Callable[..., Running], instances: int, videos: int
 ) -> None:

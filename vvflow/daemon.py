@@ -151,6 +151,7 @@ class Daemon:
         self._next_health = 0.0
         self._next_recover = 0.0
         self._next_pause_check = 0.0
+        self._settle_rescan: float | None = None
         self._next_activity = 0.0
         self._activity_written = -1
         #: The pause record while the root is paused (`vvflow pause`), else None.
@@ -338,6 +339,11 @@ class Daemon:
             observer.start()
         self._observer, self.observer_kind = observer, kind
         self._watched = self._pending_identity()
+        # The observer sets up its watch (inotify) or its first snapshot (polling) in its
+        # own thread, a moment after this: a file that arrives between the rescan that
+        # follows and that moment gives no event. Look once more when the watch is surely
+        # up, instead of at the next rescan (rescan_seconds away).
+        self._settle_rescan = self.clock() + (2.5 * poll if kind == "polling" else 1.0)
         logs.event(Event.WATCHING, observer=kind, folder=str(self.layout.pending))
 
     def _notify(self, name: str) -> None:
@@ -473,6 +479,10 @@ class Daemon:
         if now >= self._next_pause_check:
             self._check_pause(now)
         self._drain_inbox(now)
+        if self._settle_rescan is not None and now >= self._settle_rescan:
+            self._settle_rescan = None
+            self._next_rescan = min(self._next_rescan, now)
+            self._next_health = min(self._next_health, now)
         if now >= self._next_rescan:
             self.rescan(now)
             # Burst mode looks at pending/ once: what arrives later is the next run's.
@@ -697,6 +707,7 @@ class Daemon:
             "heartbeat_s": round(time.monotonic() - self.worker.lease.beat_at, 3),
             "tracked": len(self.stability),
             "inflight": len(self._inflight),
+            "rescans": self.counters.rescans,
             "storage": self.worker.storage.snapshot(),
             "paused": self.paused,
         }
