@@ -73,7 +73,8 @@ def test_status_table_shows_processing_and_newest_failures(root: Root, tmp_path:
     for i in range(12):
         root.drop(f"bad{i:02d}.mp4")
     root.vvflow("once", check=1)
-    root.configure([root.stage("scan", "sleep:30")], stable_seconds=0)
+    # The stage outlives the run's stop: a short grace returns the video at once.
+    root.configure([root.stage("scan", "sleep:30")], stable_seconds=0, shutdown_grace_seconds=1)
     root.vvflow("retry", "bad00.mp4", check=0)
     run = Running(root, log=tmp_path / "run.log")
     try:
