@@ -31,7 +31,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -47,7 +46,6 @@ from vvflow.layout import (
     BUILT,
     BY_DIGEST,
     BY_SIZE,
-    DIR_SUFFIX,
     DUPLICATES,
     HASHED,
     INDEX,
@@ -426,21 +424,6 @@ def rewrite_strings(data: Any, rename: Callable[[str], str]) -> Any:
     return data
 
 
-def derive_folder(source: Path, tmp: Path) -> None:
-    """Make `tmp` the duplicate's copy of the original's folder output `source`: the
-    same tree, its files hard links where possible (the publish copies them again)."""
-    tmp.mkdir()
-    for entry in os.scandir(source):
-        target = tmp / entry.name
-        if entry.is_dir(follow_symlinks=False):
-            derive_folder(Path(entry.path), target)
-        elif entry.is_file(follow_symlinks=False):
-            try:
-                os.link(entry.path, target)
-            except OSError:
-                shutil.copyfile(entry.path, target)
-
-
 def derive_output(source: Path, tmp: Path, paths: DerivedPaths) -> None:
     """Make `tmp` the duplicate's version of the original's output `source`: a JSON
     output with the paths derived from the original made the duplicate's, else a hard
@@ -576,11 +559,8 @@ class ClaimContent:
             + [(source_dirs[stage], target_dirs[stage]) for stage in source_dirs],
         )
         for stage, source_dir in source_dirs.items():
-            tmp_dir = workspace / f"{stage}{DIR_SUFFIX}"
-            shutil.rmtree(tmp_dir, ignore_errors=True)
-            derive_folder(source_dir, tmp_dir)
             self.guard()
-            publish_dir(tmp_dir, target_dirs[stage], root)
+            publish_dir(source_dir, target_dirs[stage], root, staging=workspace)
             rep.stage(stage).output_dir = os.path.relpath(target_dirs[stage], root)
         for stage, source in sources.items():
             tmp = workspace / targets[stage].name

@@ -849,20 +849,20 @@ def _inside_root(final: Path, root: Path | None) -> None:
         folder = folder.parent
 
 
-def _copy_tree(src: Path, dst: Path) -> None:
-    """Copy a stage's folder output: folders and regular files only, each file synced.
-    A symlink or special file in it fails the attempt (a link could publish a file from
-    anywhere on the host)."""
+def _copy_tree(src: Path, dst: Path, *, skip_special: bool = False) -> None:
+    """Copy a folder output: folders and regular files only, each file synced. A symlink
+    or special file in it fails the attempt (a link could publish a file from anywhere
+    on the host), or with `skip_special` is left out."""
     dst.mkdir()
     for entry in os.scandir(src):
         target = dst / entry.name
         if entry.is_dir(follow_symlinks=False):
-            _copy_tree(Path(entry.path), target)
+            _copy_tree(Path(entry.path), target, skip_special=skip_special)
         elif entry.is_file(follow_symlinks=False):
             shutil.copyfile(entry.path, target)
             with target.open("rb+") as fh:
                 os.fsync(fh.fileno())
-        else:
+        elif not skip_special:
             raise AttemptFailed(
                 f"{{output_dir}} holds {entry.name!r}, which is neither a file nor a folder "
                 "(a symlink?); only files and folders are published"
@@ -870,18 +870,24 @@ def _copy_tree(src: Path, dst: Path) -> None:
     fsync_dir(dst)
 
 
-def publish_dir(tmp: Path, final: Path, root: Path | None = None) -> None:
+def publish_dir(
+    tmp: Path, final: Path, root: Path | None = None, *, staging: Path | None = None
+) -> None:
     """Make a stage's finished `{output_dir}` its final folder output, whole: a copy
-    made beside the workspace is renamed into place in one step (an earlier run's
+    made beside it in the workspace is renamed into place in one step (an earlier run's
     folder is first renamed away, then deleted), so readers see the old folder, no
-    folder, or the whole new one, never a part."""
+    folder, or the whole new one, never a part; then `tmp` is deleted.
+
+    With `staging` (a folder in the workspace), `tmp` is a folder vvflow published
+    already (a duplicate's original): the copy is made in `staging`, `tmp` stays as it
+    is, and what is neither a file nor a folder in it is left out."""
     _inside_root(final, root)
-    fresh = tmp.with_name(f"{PUBLISH_PREFIX}{uuid.uuid4().hex}")
+    fresh = (staging or tmp.parent) / f"{PUBLISH_PREFIX}{uuid.uuid4().hex}"
     old = fresh.with_name(fresh.name + ".old")
     try:
         makedirs(final.parent)
         try:
-            _copy_tree(tmp, fresh)
+            _copy_tree(tmp, fresh, skip_special=staging is not None)
         except AttemptFailed:
             shutil.rmtree(fresh, ignore_errors=True)
             raise
@@ -892,7 +898,8 @@ def publish_dir(tmp: Path, final: Path, root: Path | None = None) -> None:
         except NotADirectoryError:
             os.unlink(final)  # a file where the folder goes: a stale leftover
         os.rename(fresh, final)
-        shutil.rmtree(tmp, ignore_errors=True)
+        if staging is None:
+            shutil.rmtree(tmp, ignore_errors=True)
     except OSError as exc:
         shutil.rmtree(fresh, ignore_errors=True)
         message = f"cannot publish output folder {final}: {exc.strerror}"
