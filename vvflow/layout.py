@@ -628,33 +628,22 @@ class Layout:
             return None  # another process took it, or wrote a report there meanwhile
         targets = self.output_paths(new, split_name(new)[0]) if self.output_paths else {}
         for stage, record in rep.stages.items():
-            if record.output_dir is not None:
-                target_dir = targets.get(stage + DIR_SUFFIX)
+            # The folder output first, then the file: either one gone runs the stage again.
+            for field, key in (("output_dir", stage + DIR_SUFFIX), ("output", stage)):
+                output, target = getattr(record, field), targets.get(key)
+                if output is None:
+                    continue
                 if (
                     record.status == StageStatus.SUCCEEDED
                     and record.identity == identity
-                    and target_dir is not None
-                    and _carry(self.root / record.output_dir, target_dir, reported_at)
+                    and target is not None
+                    and _carry(self.root / output, target, reported_at)
                 ):
-                    record.output_dir = os.path.relpath(target_dir, self.root)
-                else:
-                    if record.status == StageStatus.SUCCEEDED:
-                        record.status = StageStatus.PENDING  # its folder is gone: run again
-                    record.output_dir = None
-            if record.output is None:
-                continue
-            target = targets.get(stage)
-            if (
-                record.status == StageStatus.SUCCEEDED
-                and record.identity == identity
-                and target is not None
-                and _carry(self.root / record.output, target, reported_at)
-            ):
-                record.output = os.path.relpath(target, self.root)
-                continue
-            if record.status == StageStatus.SUCCEEDED:
-                record.status = StageStatus.PENDING  # its output is gone: run it again
-            record.output = None
+                    setattr(record, field, os.path.relpath(target, self.root))
+                    continue
+                if record.status == StageStatus.SUCCEEDED:
+                    record.status = StageStatus.PENDING  # its output is gone: run it again
+                setattr(record, field, None)
         rep.previous_names.append(old)
         rep.name = new
         report.save(dst, rep, tmp_dir=tmp_dir)
