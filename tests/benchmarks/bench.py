@@ -271,6 +271,27 @@ def toml_value(value: Any) -> str:
     return json.dumps(value)  # JSON strings, numbers and lists are valid TOML
 
 
+def once_all_completed(root: Path, count: int, what: str) -> tuple[list[dict[str, Any]], float]:
+    """Run `vvflow once` on `root`, which must complete all `count` videos; its log
+    records, and the seconds from its first claim to its last completion."""
+    done = subprocess.run(
+        vvflow("once", "--root", root),
+        env=clean_environment(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    records = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    completed = [r for r in records if r.get("event") == "completed"]
+    if done.returncode != 0 or len(completed) != count:
+        raise RuntimeError(f"vvflow once ({what}) failed:\n{done.stderr[-2000:]}")
+    first = min(log_time(r["ts"]) for r in records if r.get("event") == "claimed")
+    last = max(log_time(r["ts"]) for r in completed)
+    return records, max(last - first, 1e-3)
+
+
 def log_time(ts: str) -> float:
     """A vvflow log line's ``ts`` (UTC, millisecond precision) as a Unix time."""
     return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
@@ -624,25 +645,10 @@ class Bench:
         root = self.noop_root(name, stable_seconds=0.0, workers=2)
         fill_folder(root / "input" / "pending", count, size=1024, same_size=same_size)
         started = time.time()
-        done = subprocess.run(
-            vvflow("once", "--root", root),
-            env=clean_environment(),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=900,
-            check=False,
-        )
+        _, busy = once_all_completed(root, count, "no-op stages")
         wall = time.time() - started
-        lines = done.stderr.splitlines()
-        records = [json.loads(line) for line in lines if line.startswith("{")]
-        completed = [r for r in records if r.get("event") == "completed"]
-        if done.returncode != 0 or len(completed) != count:
-            raise RuntimeError(f"vvflow once (no-op stages) failed:\n{done.stderr[-2000:]}")
-        first = min(log_time(r["ts"]) for r in records if r.get("event") == "claimed")
-        last = max(log_time(r["ts"]) for r in completed)
         shutil.rmtree(root)
-        return count / max(last - first, 1e-3), count / wall
+        return count / busy, count / wall
 
     def _launch_floor(self, *, lanes: int) -> float:
         """Videos per second when each video is just its three stage processes in a row."""
@@ -743,21 +749,7 @@ class Bench:
             ]
         (root / "vvflow.toml").write_text("\n".join(lines) + "\n")
         fill_folder(root / "input" / "pending", count, size=1024, same_size=False)
-        done = subprocess.run(
-            vvflow("once", "--root", root),
-            env=clean_environment(),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=900,
-            check=False,
-        )
-        records = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
-        completed = [r for r in records if r.get("event") == "completed"]
-        if done.returncode != 0 or len(completed) != count:
-            raise RuntimeError(f"vvflow once (waiting stages) failed:\n{done.stderr[-2000:]}")
-        first = min(log_time(r["ts"]) for r in records if r.get("event") == "claimed")
-        last = max(log_time(r["ts"]) for r in completed)
+        records, busy = once_all_completed(root, count, "waiting stages")
         # Per stage, the time from one run's start to the next run's start: the stage
         # holds its one slot for the whole run, so this is the slot's turnover.
         began: dict[str, list[float]] = {}
@@ -770,9 +762,7 @@ class Bench:
             for earlier, later in itertools.pairwise(sorted(times))
         ]
         shutil.rmtree(root)
-        return PipelinedRun(
-            count / max(last - first, 1e-3), statistics.mean(steps) * 1000, os.getloadavg()[0]
-        )
+        return PipelinedRun(count / busy, statistics.mean(steps) * 1000, os.getloadavg()[0])
 
     def drop_to_claim_latency(self) -> None:
         mode = self.mode
