@@ -22,6 +22,7 @@ on a marker of its clip and in the clip's ``metadata["vvflow"]``.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import os
@@ -57,13 +58,12 @@ _EDL_NAME_CHARS = 255
 #: File-based media have no tape: "AX" (auxiliary source) is the reel editors expect.
 EDL_REEL = "AX"
 
-# WebVTT and SRT end a line at CR or LF; Python's splitlines() knows more separators
-# (VT, FF, NEL, U+2028, U+2029 ...), and every one of them becomes a space.
+# Text is folded to one line: every whitespace character (CR, LF, but also VT, FF, NEL,
+# U+2028 ...: a blank line would end a cue) is a space, and controls and format
+# characters go, but for the joiners that shape scripts (Arabic, Indic, emoji) and the
+# plain bidi marks; the bidi overrides, which make text read other than it is, go too.
 _INVISIBLE = {"Cc", "Cf"}
-# Joiners that shape scripts (Arabic, Indic, emoji) and the plain bidi marks stay; the
-# bidi overrides and isolates, which can make text read other than it is, go.
 _KEEP_FORMAT = {"\u200c", "\u200d", "\u200e", "\u200f"}
-_LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"
 # SRT has no escapes. A word joiner (invisible, no break) after every "<", "{" and "&"
 # and between "--" and ">" keeps text that players would read as markup (<b>, < i>,
 # {\an8}, {y:i}, &lt;) or as a timing line (-->) plain text that looks the same.
@@ -272,46 +272,40 @@ def _is_number(value: object) -> TypeGuard[int | float]:
 # --- text ------------------------------------------------------------------------------
 
 
-def _clean(text: Any) -> str:
-    """``text`` as valid Unicode without control characters; line breaks stay ``\\n``.
-
-    Lone surrogates (file names that are not UTF-8) become U+FFFD.
-    """
+def _one_line(text: Any) -> str:
+    """``text`` on one line: whitespace runs one space, no controls, lone surrogates (a
+    file name that is not UTF-8) U+FFFD; "" for what is not a string."""
     if not isinstance(text, str):
         return ""
+    if text.isascii() and text.isprintable():  # the common case, quickly
+        return " ".join(text.split())
     kept: list[str] = []
     for char in text:
         if "\ud800" <= char <= "\udfff":
             kept.append("\ufffd")
-        elif char in _LINE_BREAKS:
-            kept.append("\n")
         elif char.isspace():
             kept.append(" ")
-        elif unicodedata.category(char) in _INVISIBLE and char not in _KEEP_FORMAT:
-            continue
-        else:
+        elif unicodedata.category(char) not in _INVISIBLE or char in _KEEP_FORMAT:
             kept.append(char)
-    return "".join(kept)
+    return " ".join("".join(kept).split())
 
 
 def _unicode(text: str | None) -> str:
-    """``text`` exactly, but for lone surrogates (from a file name that is not UTF-8),
-    which no UTF-8 file can hold: each becomes U+FFFD."""
+    """``text`` exactly, but for lone surrogates, which no UTF-8 file can hold."""
     return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in text or "")
 
 
-def _one_line(text: Any) -> str:
-    """``text`` cleaned, every run of whitespace (line breaks too) one space."""
-    return " ".join(_clean(text).split())
-
-
 def _columns(text: str) -> int:
-    width = 0
-    for char in text:
-        if unicodedata.combining(char):
-            continue
-        width += 2 if unicodedata.east_asian_width(char) in "WF" else 1
-    return width
+    """The width of ``text`` in columns: two for a wide East Asian character, none for
+    a combining mark."""
+    return len(text) if text.isascii() else sum(map(_char_columns, text))
+
+
+@functools.lru_cache(maxsize=8192)
+def _char_columns(char: str) -> int:
+    if unicodedata.combining(char):
+        return 0
+    return 2 if unicodedata.east_asian_width(char) in "WF" else 1
 
 
 def _wrap(text: str, columns: int = LINE_COLUMNS) -> list[str]:
@@ -352,20 +346,22 @@ def _pieces(word: str, columns: int) -> list[str]:
 
 
 def _balanced(text: str, columns: int) -> list[str] | None:
+    # at[i]: the width of text[:i], so any slice's width is a difference.
+    at = list(itertools.accumulate(map(_char_columns, text), initial=0))
+    full = at[-1]
     breaks = [(i, i + 1) for i, char in enumerate(text) if char == " "]
-    if not any(_columns(text[:i]) <= columns >= _columns(text[j:]) for i, j in breaks):
+    if not any(at[i] <= columns >= full - at[j] for i, j in breaks):
         breaks = [(i, i) for i in range(1, len(text))]  # no spaces to break at (CJK)
-    best: tuple[int, int, list[str]] | None = None
+    best: tuple[int, int, int, int] | None = None
     for cut, resume in breaks:
-        top, bottom = text[:cut], text[resume:]
-        wide_top, wide_bottom = _columns(top), _columns(bottom)
-        if max(wide_top, wide_bottom) > columns or not top or not bottom:
+        top, bottom = at[cut], full - at[resume]
+        if cut == 0 or resume == len(text) or max(top, bottom) > columns:
             continue
-        # The widest line as short as it can be; then the lower line the longer.
-        key = (max(wide_top, wide_bottom), wide_top - wide_bottom)
-        if best is None or key < best[:2]:
-            best = (*key, [top, bottom])
-    return best[2] if best else None
+        # The widest line as narrow as it can be; then the lower line the longer.
+        key = (max(top, bottom), top - bottom, cut, resume)
+        if best is None or key[:2] < best[:2]:
+            best = key
+    return [text[: best[2]], text[best[3] :]] if best else None
 
 
 def _vtt_escape(text: str) -> str:
@@ -444,19 +440,27 @@ def _timestamp(millis: int, separator: str) -> str:
 def subtitles_vtt(cues: Iterable[Timed]) -> str:
     """WebVTT subtitles of ``cues``: sorted, overlaps clipped, empty cues dropped, text
     escaped and wrapped to two lines of about 42 columns (longer text: several cues)."""
+    return _vtt(_subtitle_blocks(cues))
+
+
+def subtitles_srt(cues: Iterable[Timed]) -> str:
+    """SubRip subtitles of ``cues``, numbered from 1, with the same cues as
+    ``subtitles_vtt``; text that players would read as markup is kept plain."""
+    return _srt(_subtitle_blocks(cues))
+
+
+def _vtt(blocks: Iterable[_Block]) -> str:
     out = ["WEBVTT", ""]
-    for block in _subtitle_blocks(cues):
+    for block in blocks:
         out.append(f"{_timestamp(block.start_ms, '.')} --> {_timestamp(block.end_ms, '.')}")
         out.extend(_vtt_escape(line) for line in block.lines)
         out.append("")
     return "\n".join(out)
 
 
-def subtitles_srt(cues: Iterable[Timed]) -> str:
-    """SubRip subtitles of ``cues``, numbered from 1, with the same cues as
-    ``subtitles_vtt``; text that players would read as markup is kept plain."""
+def _srt(blocks: Iterable[_Block]) -> str:
     out: list[str] = []
-    for number, block in enumerate(_subtitle_blocks(cues), 1):
+    for number, block in enumerate(blocks, 1):
         out.append(str(number))
         out.append(f"{_timestamp(block.start_ms, ',')} --> {_timestamp(block.end_ms, ',')}")
         out.extend(_srt_plain(line) for line in block.lines)
@@ -698,12 +702,12 @@ def write_exports(
     ``timeline_otio``, and ``edl`` (only when OTIO's cmx_3600 adapter is installed).
     """
     exact = exact_rate(rate)
-    cue_list = list(cues)
+    blocks = _subtitle_blocks(cues)
     chapter_list = list(chapters) if chapters is not None else scene_chapters(scenes, exact)
     files: dict[str, tuple[str, str]] = {}
-    if _subtitle_blocks(cue_list):
-        files["subtitles_vtt"] = (SUBTITLES_VTT, subtitles_vtt(cue_list))
-        files["subtitles_srt"] = (SUBTITLES_SRT, subtitles_srt(cue_list))
+    if blocks:
+        files["subtitles_vtt"] = (SUBTITLES_VTT, _vtt(blocks))
+        files["subtitles_srt"] = (SUBTITLES_SRT, _srt(blocks))
     if _timed(chapter_list, untitled=True):
         files["chapters_vtt"] = (CHAPTERS_VTT, chapters_vtt(chapter_list))
     files["timeline_otio"] = (
