@@ -413,6 +413,24 @@ def test_write_exports_names_the_files_it_wrote(folder: Path) -> None:
     assert "subtitles_vtt" not in silent and "subtitles_srt" not in silent
     assert sorted(os.listdir(again)) == sorted(silent.values())
 
+    # No frame rate (probe records fps 0 when the container tells none): chapters and
+    # subtitles from the seconds, no timeline or EDL, which count frames.
+    unknown = folder.parent / "no-rate"
+    scenes = [{"index": 1, "start_s": 0.0, "end_s": 1.5}, {"index": 2, "start_s": 1.5, "end_s": 3}]
+    partial = exports.write_exports(
+        unknown, name="a", scenes=scenes, rate=0.0, duration_s=3.0, media=media, cues=cues
+    )
+    assert partial == {
+        "subtitles_vtt": "subtitles.vtt",
+        "subtitles_srt": "subtitles.srt",
+        "chapters_vtt": "chapters.vtt",
+    }
+    chapters = parse_vtt((unknown / "chapters.vtt").read_text("utf-8"))
+    assert [(c.start_ms, c.end_ms, c.text) for c in chapters] == [
+        (0, 1500, "Scene 1"),
+        (1500, 3000, "Scene 2"),
+    ]
+
 
 # --- a real scan -----------------------------------------------------------------------------
 
@@ -452,6 +470,7 @@ def test_timeline_and_edl_of_a_real_scan_match_its_scenes(
     frames = [(s["start_frame"], s["end_frame"]) for s in scenes]
     timeline = otio.adapters.read_from_file(str(folder / written["timeline_otio"]))
     assert clip_frames(timeline) == frames
+    assert not analytic["audio_streams"] and not timeline.audio_tracks()
     assert frames[-1][1] == analytic["video"]["frame_count"]
     reference = next(iter(timeline.find_clips())).media_reference
     assert (folder / reference.target_url).resolve() == (

@@ -700,8 +700,13 @@ def write_exports(
     Keys: ``subtitles_vtt`` and ``subtitles_srt`` (only when a cue has text),
     ``chapters_vtt`` (``chapters``, else one per scene by ``scene_chapters``),
     ``timeline_otio``, and ``edl`` (only when OTIO's cmx_3600 adapter is installed).
+    A video without a usable frame rate (``rate`` 0: the container tells none) gets no
+    timeline and no EDL, which count frames, rather than a failed stage.
     """
-    exact = exact_rate(rate)
+    try:
+        exact: Fraction | None = exact_rate(rate)
+    except ValueError:
+        exact = None
     blocks = _subtitle_blocks(cues)
     chapter_list = list(chapters) if chapters is not None else scene_chapters(scenes, exact)
     files: dict[str, tuple[str, str]] = {}
@@ -710,13 +715,12 @@ def write_exports(
         files["subtitles_srt"] = (SUBTITLES_SRT, _srt(blocks))
     if _timed(chapter_list, untitled=True):
         files["chapters_vtt"] = (CHAPTERS_VTT, chapters_vtt(chapter_list))
-    files["timeline_otio"] = (
-        TIMELINE_OTIO,
-        timeline_otio(name, scenes, exact, media, duration_s, audio=audio),
-    )
-    edl = edl_cmx3600(name, scenes, exact, media, duration_s)
-    if edl is not None:
-        files["edl"] = (EDL, edl)
+    if exact is not None:
+        otio_text = timeline_otio(name, scenes, exact, media, duration_s, audio=audio)
+        files["timeline_otio"] = (TIMELINE_OTIO, otio_text)
+        edl = edl_cmx3600(name, scenes, exact, media, duration_s)
+        if edl is not None:
+            files["edl"] = (EDL, edl)
     written: dict[str, str] = {}
     for key, (file_name, text) in files.items():
         write_bytes_atomic(folder / file_name, text.encode("utf-8"))
