@@ -1,12 +1,21 @@
 """Real, tiny test videos generated with PyAV (libx264 + AAC), for every test suite.
 
 This is a test-support module, not a test file: import ``make_video``, ``make_truncated``
-and ``cut_frames`` from it.
+and ``cut_frames`` from it. ``Sentence`` and ``Chord`` are sounds placed on a video's
+audio track (``make_video(..., sounds=[...])``): real speech spoken by Debian's
+``espeak-ng`` and a music-like chord.
 """
 
 from __future__ import annotations
 
+import functools
+import io
 import math
+import shutil
+import subprocess
+import wave
+from collections.abc import Sequence
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -49,6 +58,99 @@ AUDIO_STEP = 0.5
 
 _CODEC_OPTIONS = {"preset": "ultrafast", "tune": "zerolatency", "crf": "20"}
 
+#: Sample rate of the tracks made of ``sounds``: half of AUDIO_RATE halves the cost of
+#: FFmpeg's AAC encoder (it dominates making a speech video), and 24 kHz still needs
+#: resampling to Whisper's 16 kHz, as real tracks do.
+SOUND_RATE = 24_000
+#: A chord (C major: C4, E4, G4, each with its octave) is music-like: steady, tonal
+#: partials under an attack-and-release envelope, about -16 dBFS.
+CHORD_HZ = (261.63, 329.63, 392.0)
+CHORD_AMPLITUDE = 0.12
+#: espeak-ng pads its speech with silence; a sentence is where its samples pass this.
+_SPOKEN_LEVEL = 0.01
+
+
+@dataclass(frozen=True)
+class Sentence:
+    """``text`` spoken by espeak-ng from ``start_s`` (where its first sound lands)."""
+
+    text: str
+    start_s: float
+    voice: str = "en-us"
+    speed: int = 160  # words per minute (espeak-ng -s)
+
+    @property
+    def end_s(self) -> float:
+        """Where the last sound of the sentence ends."""
+        return self.start_s + len(spoken(self.text, self.voice, self.speed)) / SOUND_RATE
+
+
+@dataclass(frozen=True)
+class Chord:
+    """A music-like passage: ``CHORD_HZ`` held from ``start_s`` for ``seconds``."""
+
+    start_s: float
+    seconds: float
+
+    @property
+    def end_s(self) -> float:
+        return self.start_s + self.seconds
+
+
+Sound = Sentence | Chord
+
+
+def espeak_available() -> bool:
+    """Whether Debian's ``espeak-ng`` can speak the test sentences here."""
+    return shutil.which("espeak-ng") is not None
+
+
+@functools.cache
+def spoken(text: str, voice: str, speed: int) -> npt.NDArray[np.float32]:
+    """``text`` spoken by espeak-ng at ``SOUND_RATE``, its leading and trailing silence cut."""
+    wav = subprocess.run(
+        ["espeak-ng", "-v", voice, "-s", str(speed), "--stdout", text],
+        capture_output=True,
+        check=True,
+    ).stdout
+    with wave.open(io.BytesIO(wav)) as reader:
+        rate = reader.getframerate()
+        pcm = reader.readframes(reader.getnframes())
+    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float64) / 32768
+    loud = np.flatnonzero(np.abs(samples) > _SPOKEN_LEVEL)
+    samples = samples[loud[0] : loud[-1] + 1]
+    # Linear interpolation up to SOUND_RATE: espeak-ng's 22.05 kHz holds nothing above
+    # 11 kHz, so upsampling adds no aliasing worth a filter.
+    count = round(len(samples) * SOUND_RATE / rate)
+    times = np.arange(count) * rate / SOUND_RATE
+    result = np.interp(times, np.arange(len(samples)), samples).astype(np.float32)
+    result.flags.writeable = False  # cached: shared by every caller
+    return result
+
+
+def sound_track(sounds: Sequence[Sound], seconds: float) -> npt.NDArray[np.float32]:
+    """``seconds`` of silence at ``SOUND_RATE`` with every sound of ``sounds`` mixed in."""
+    track = np.zeros(round(seconds * SOUND_RATE), dtype=np.float32)
+    for sound in sounds:
+        if isinstance(sound, Sentence):
+            piece = spoken(sound.text, sound.voice, sound.speed)
+        else:
+            piece = _chord(sound.seconds)
+        start = round(sound.start_s * SOUND_RATE)
+        if start + len(piece) > len(track):
+            raise ValueError(f"{sound} ends after the video's {seconds} s")
+        track[start : start + len(piece)] += piece
+    return track
+
+
+def _chord(seconds: float) -> npt.NDArray[np.float32]:
+    t = np.arange(round(seconds * SOUND_RATE)) / SOUND_RATE
+    envelope = np.minimum(1.0, np.minimum(t / 0.05, (seconds - t) / 0.3))
+    partials = sum(
+        np.sin(2 * math.pi * hz * t) + 0.3 * np.sin(4 * math.pi * hz * t) for hz in CHORD_HZ
+    )
+    return (CHORD_AMPLITUDE * envelope * partials).astype(np.float32)
+
 
 def cut_frames(*, seconds: float = 1.0, fps: int = 10, cuts: int = 0) -> list[int]:
     """0-based numbers of the first frame after each hard cut that ``make_video`` makes."""
@@ -76,6 +178,7 @@ def make_video(
     cuts: int = 0,
     text: str | None = None,
     audio: bool = False,
+    sounds: Sequence[Sound] | None = None,
 ) -> Path:
     """Write an H.264 video to ``path`` (container from the suffix) and return ``path``.
 
@@ -83,7 +186,9 @@ def make_video(
     shaded with blotches of its own, and a small square sliding across its top band,
     so there is motion but no cut inside a segment. ``text`` is burnt into every
     frame, large, white with a black outline, in the middle. ``audio`` adds a mono AAC
-    440 Hz tone that gets 6 dB quieter in each segment.
+    440 Hz tone that gets 6 dB quieter in each segment. ``sounds`` (sentences and
+    chords, see ``sound_track``) make the audio track instead, silent elsewhere; an
+    empty list makes a silent track.
     """
     if width % 2 or height % 2:
         raise ValueError("width and height must be even for yuv420p")
@@ -97,7 +202,9 @@ def make_video(
         video.height = height
         video.pix_fmt = "yuv420p"
         video.options = dict(_CODEC_OPTIONS)
-        sound = container.add_stream("aac", rate=AUDIO_RATE, layout="mono") if audio else None
+        with_audio = audio or sounds is not None
+        rate = AUDIO_RATE if sounds is None else SOUND_RATE
+        sound = container.add_stream("aac", rate=rate, layout="mono") if with_audio else None
         for segment in range(cuts + 1):
             for number in range(boundaries[segment], boundaries[segment + 1]):
                 image = _frame(number, total, segment, size=(width, height), text=text)
@@ -106,7 +213,9 @@ def make_video(
                 frame.time_base = Fraction(1, fps)
                 container.mux(video.encode(frame))
         container.mux(video.encode(None))
-        if sound is not None:
+        if sound is not None and sounds is not None:
+            _write_audio(container, sound, sound_track(sounds, total / fps), SOUND_RATE)
+        elif sound is not None:
             _write_tone(container, sound, boundaries, fps)
     return path
 
@@ -165,13 +274,23 @@ def _write_tone(
         start = round(boundaries[segment] * AUDIO_RATE / fps)
         end = round(boundaries[segment + 1] * AUDIO_RATE / fps)
         amplitude[start:end] = AUDIO_AMPLITUDE * AUDIO_STEP**segment
-    wave = (amplitude * np.sin(2 * math.pi * AUDIO_TONE_HZ * t)).astype(np.float32)
+    tone = (amplitude * np.sin(2 * math.pi * AUDIO_TONE_HZ * t)).astype(np.float32)
+    _write_audio(container, sound, tone, AUDIO_RATE)
+
+
+def _write_audio(
+    container: av.container.OutputContainer,
+    sound: av.AudioStream,
+    samples: npt.NDArray[np.float32],
+    rate: int,
+) -> None:
+    samples_total = len(samples)
     chunk = 1024
     for start in range(0, samples_total, chunk):
-        piece = wave[start : start + chunk].reshape(1, -1)
+        piece = samples[start : start + chunk].reshape(1, -1)
         frame = av.AudioFrame.from_ndarray(piece, format="fltp", layout="mono")
-        frame.sample_rate = AUDIO_RATE
+        frame.sample_rate = rate
         frame.pts = start
-        frame.time_base = Fraction(1, AUDIO_RATE)
+        frame.time_base = Fraction(1, rate)
         container.mux(sound.encode(frame))
     container.mux(sound.encode(None))

@@ -56,6 +56,7 @@ DEFAULT_EXTENSIONS = (
 STAGE_OPTION_FIELDS = (
     "scan_detector", "scan_threshold", "scan_min_scene_seconds",
     "llm_base_url", "llm_model", "llm_api_key", "llm_timeout_seconds",
+    "speech", "speech_model", "speech_language", "speech_threads",
 )  # fmt: skip
 
 #: 256 MiB: what the videos in flight may still need to finish. vvflow's own writes per
@@ -223,6 +224,12 @@ class Settings(BaseSettings):
     llm_model: str | None = None
     llm_api_key: SecretStr | None = None
     llm_timeout_seconds: float | None = Field(default=None, gt=0)
+    #: Transcribe speech (default on); the model: unset for the packaged Whisper tiny.en,
+    #: else a faster-whisper name ("small", "base.en") or a CTranslate2 model folder.
+    speech: bool | None = None
+    speech_model: str | None = None
+    speech_language: str | None = None
+    speech_threads: int | None = Field(default=None, ge=1, le=64)
 
     def stage_environment(self) -> dict[str, str]:
         """The built-in stage options that are set, as environment variables."""
