@@ -278,7 +278,9 @@ class Listening:
         return {
             "status": self.status,
             "language": self.language,
-            "language_probability": self.language_probability,
+            "language_probability": (
+                None if self.language_probability is None else round(self.language_probability, 3)
+            ),
             "model": self.model,
             "text": self.text,
             "segments": [_segment_json(segment, words=words) for segment in self.segments],
