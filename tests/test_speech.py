@@ -3,6 +3,7 @@ the packaged Whisper tiny.en; music, noise, silence and videos without audio."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import subprocess
@@ -21,7 +22,7 @@ from tests.media import (
 )
 from tests.stage_support import REPO
 from vvflow.config import Settings
-from vvflow.stages import speech
+from vvflow.stages import exports, speech
 from vvflow.stages.command import EX_FAILURE, run_stage
 from vvflow.stages.speech import (
     NO_AUDIO,
@@ -263,29 +264,41 @@ def test_the_json_names_the_packaged_model_and_the_timings(talk: Listening) -> N
 
 
 @needs_espeak
-def test_subtitles_hold_the_segments_in_order(talk: Listening) -> None:
-    vtt = speech.webvtt(talk)
+def test_subtitles_hold_the_sentences_at_their_times(talk: Listening) -> None:
+    cues = speech.subtitle_cues(talk)
+    assert [cue.text for cue in cues] == [segment.text for segment in talk.segments]
+    vtt = exports.subtitles_vtt(cues)
     assert vtt.startswith("WEBVTT\n\n")
-    stamp = r"(\d\d):(\d\d):(\d\d)[.,](\d\d\d)"
-    cues = re.findall(rf"{stamp} --> {stamp}\n(.+)\n", vtt)
-    assert [cue[-1] for cue in cues] == [s.text for s in talk.segments]
-    seconds = [int(c[0]) * 3600 + int(c[1]) * 60 + int(c[2]) + int(c[3]) / 1000 for c in cues]
-    assert seconds[0] == pytest.approx(talk.segments[0].start_s, abs=0.001)
-    subrip = speech.srt(talk)
-    assert subrip.startswith("1\n00:00:00,")
-    assert f"\n{len(talk.segments)}\n" in subrip
-    assert len(re.findall(rf"{stamp} --> {stamp}\n", subrip)) == len(talk.segments)
+    stamp = r"(\d\d):(\d\d):(\d\d)\.(\d\d\d)"
+    timing = re.compile(rf"^{stamp} --> {stamp}$")
+    times, text = [], []
+    for line in vtt.splitlines()[1:]:
+        if found := timing.match(line):
+            parts = [int(part) for part in found.groups()]
+            times.append(
+                [h * 3600 + m * 60 + sec + ms / 1000 for h, m, sec, ms in (parts[:4], parts[4:])]
+            )
+        else:
+            text.append(line)
+    assert len(times) == len(SENTENCES)
+    for (start, end), sentence in zip(times, SENTENCES, strict=True):
+        assert start == pytest.approx(sentence.start_s, abs=TIME_TOLERANCE_S)
+        assert end == pytest.approx(sentence.end_s, abs=TIME_TOLERANCE_S)
+    assert words_of(" ".join(text)) == words_of(talk.text)
+    assert exports.subtitles_srt(cues).startswith("1\n00:00:00,")
 
 
 def test_long_segments_are_split_into_short_cues_at_words() -> None:
     words = tuple(Word(i * 0.5, i * 0.5 + 0.4, f" word{i:02d}", 0.9) for i in range(40))
     listening = Listening(TRANSCRIBED, segments=(Segment(0.0, 19.9, "...", words),))
     cues = speech.subtitle_cues(listening)
-    assert " ".join(text for _, _, text in cues).split() == [w.text.strip() for w in words]
-    for start, end, text in cues:
-        assert len(text) <= speech.CUE_CHARS
-        assert end - start <= speech.CUE_SECONDS
-        assert start < end
+    assert " ".join(cue.text for cue in cues).split() == [w.text.strip() for w in words]
+    for cue in cues:
+        assert len(cue.text) <= speech.CUE_CHARS
+        assert cue.end_s - cue.start_s <= speech.CUE_SECONDS
+        assert cue.start_s == cue.words[0].start_s < cue.end_s == cue.words[-1].end_s
+    # Consecutive cues: each starts where its first word starts, after the last one.
+    assert all(a.end_s <= b.start_s for a, b in itertools.pairwise(cues))
 
 
 @needs_espeak

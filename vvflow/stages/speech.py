@@ -8,7 +8,7 @@ The library behind the summarize stage's transcript (it has no command of its ow
     kinds = audio_kinds(audio, listening, spans)          # per scene: kind, shares, dBFS
     texts = scene_transcripts(listening, spans)           # per scene: what is said in it
     document["speech"] = listening.to_json()
-    subtitles = webvtt(listening)                         # or srt(listening)
+    cues = subtitle_cues(listening)     # for exports.subtitles_vtt / subtitles_srt
 
 ``spans`` are ``(start_s, end_s)`` pairs, one per scene, in the video's time (0 is its
 first frame).
@@ -691,10 +691,11 @@ def _span_of(moment: float, spans: Sequence[Span]) -> int:
     )
 
 
-def subtitle_cues(listening: Listening) -> list[tuple[float, float, str]]:
-    """The transcript as subtitle cues: segments split at word boundaries into cues of
-    at most ``CUE_CHARS`` characters and ``CUE_SECONDS`` seconds."""
-    cues: list[tuple[float, float, str]] = []
+def subtitle_cues(listening: Listening) -> list[Segment]:
+    """The transcript as subtitle cues, for ``exports.subtitles_vtt`` / ``subtitles_srt``:
+    segments split between words, at the words' own times, into cues of at most
+    ``CUE_CHARS`` characters (two subtitle lines) and ``CUE_SECONDS`` seconds."""
+    cues: list[Segment] = []
     for segment in listening.segments:
         words = segment.words or (Word(segment.start_s, segment.end_s, segment.text, 1.0),)
         current: list[Word] = []
@@ -707,33 +708,10 @@ def subtitle_cues(listening: Listening) -> list[tuple[float, float, str]]:
             current.append(word)
         if current:
             cues.append(_cue(current))
-    return [cue for cue in cues if cue[2]]
+    return [cue for cue in cues if cue.text]
 
 
-def _cue(words: Sequence[Word]) -> tuple[float, float, str]:
+def _cue(words: Sequence[Word]) -> Segment:
     text = " ".join("".join(w.text for w in words).split())
-    return words[0].start_s, max(words[-1].end_s, words[0].start_s + 0.1), text
-
-
-def webvtt(listening: Listening) -> str:
-    """The transcript as a WebVTT subtitle file."""
-    blocks = ["WEBVTT\n"]
-    for start, end, text in subtitle_cues(listening):
-        blocks.append(f"{_timestamp(start, '.')} --> {_timestamp(end, '.')}\n{text}\n")
-    return "\n".join(blocks)
-
-
-def srt(listening: Listening) -> str:
-    """The transcript as a SubRip (.srt) subtitle file."""
-    blocks = []
-    for number, (start, end, text) in enumerate(subtitle_cues(listening), 1):
-        blocks.append(f"{number}\n{_timestamp(start, ',')} --> {_timestamp(end, ',')}\n{text}\n")
-    return "\n".join(blocks)
-
-
-def _timestamp(seconds: float, decimal: str) -> str:
-    millis = round(max(0.0, seconds) * 1000)
-    hours, millis = divmod(millis, 3_600_000)
-    minutes, millis = divmod(millis, 60_000)
-    secs, millis = divmod(millis, 1000)
-    return f"{hours:02d}:{minutes:02d}:{secs:02d}{decimal}{millis:03d}"
+    end = max(words[-1].end_s, words[0].start_s + 0.1)
+    return Segment(words[0].start_s, end, text, tuple(words))
