@@ -48,7 +48,7 @@ def summary_document(
         "schema_version": 1,
         "duration_s": duration,
         "has_audio": audio,
-        "on_screen_text": texts,
+        "captions": [{"text": text} for text in texts],
         "summary": "A video.",
         "scenes": [
             {
@@ -102,11 +102,16 @@ def test_the_three_stages_chain_into_a_logline(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("duration", "scenes", "texts", "expected"),
     [
-        (0.4, 1, [], "A 1-second, single-shot video, in red tones, with sound."),
-        (95.0, 4, ["Chapter One"], "2-minute, 4-scene video, moving through red, blue and green"),
-        (9000.0, 400, [], "A 2.5-hour, 400-scene video"),
+        (0.4, 1, [], "A 1-second single continuous shot, with sound, mostly red."),
+        (
+            95.0,
+            4,
+            ["Chapter One"],
+            'A 2-minute 4-shot sequence, with the on-screen text "Chapter One".',
+        ),
+        (9000.0, 400, [], "A 2.5-hour 400-shot sequence, with sound, mostly red and blue."),
         (30.0, 20, ["Breaking news: " + "word " * 40, "second caption " * 10], '"Breaking news'),
-        (30.0, 20, ["x " * 60, "y " * 60, "z " * 60], "fast-cut 20-scene video"),
+        (30.0, 20, ["x " * 60, "y " * 60, "z " * 60], "A 30-second fast-cut montage"),
     ],
 )
 def test_deterministic_logline_is_one_sentence_of_at_most_35_words(

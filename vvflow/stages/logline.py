@@ -1,7 +1,8 @@
 """``vvflow stage logline SUMMARY OUTPUT``: one sentence of at most 35 words for a video.
 
-Built from the summary (length, structure, colours, sound, on-screen text), or written
-by an OpenAI-compatible chat endpoint when one is configured and answers.
+Built from the summary's strongest signals (what is said, the captions, the kind of
+video from its shot rhythm and sound; see gist.py), or written by an OpenAI-compatible
+chat endpoint when one is configured and answers.
 
 Progress (``vvflow:progress`` lines on stderr, see ``command.py``): 0 on start, 0.5
 before the LLM request, 1 when the output is written.
@@ -23,6 +24,7 @@ from vvflow.stages.command import (
     run_stage,
     write_json,
 )
+from vvflow.stages.gist import key_sentences, logline_text, signals, video_kind
 from vvflow.stages.llm import (
     DETERMINISTIC,
     LLMSettings,
@@ -31,18 +33,11 @@ from vvflow.stages.llm import (
     add_llm_arguments,
     chat,
 )
-from vvflow.stages.prose import (
-    first_sentence,
-    join_words,
-    limit_words,
-    quote,
-    word_count,
-)
+from vvflow.stages.prose import first_sentence, limit_words, quote, word_count
 
 SCHEMA_VERSION = 1
 MAX_WORDS = 35
 SUMMARY = "summary JSON (the summarize stage's output)"
-_FAST_CUT_SECONDS = 2.0
 
 _PROMPT = (
     "You write loglines for a video catalogue. Answer with exactly one plain sentence "
@@ -95,76 +90,28 @@ def logline(summary_path: Path, *, settings: LLMSettings | None = None) -> dict[
         },
         "logline": text,
         "word_count": word_count(text),
+        "kind": video_kind(signals(summary)),
         "generator": generator,
         "llm": {**settings.describe(), "used": reason is None, "fallback_reason": reason},
     }
 
 
 def deterministic_logline(summary: dict[str, Any]) -> str:
-    """One sentence of at most ``MAX_WORDS`` words built from the summary's facts."""
-    scenes: list[dict[str, Any]] = summary["scenes"]
-    duration = float(summary.get("duration_s") or scenes[-1].get("end_s") or 0)
-    count = len(scenes)
-    if count == 1:
-        shape = "single-shot"
-    elif duration / count < _FAST_CUT_SECONDS:
-        shape = f"fast-cut {count}-scene"
-    else:
-        shape = f"{count}-scene"
-    opening = f"A {_length_words(duration)}, {shape} video"
-
-    colours = _colours(scenes)
-    details = []
-    if len(colours) >= 2 and count > 1:
-        details.append(f"moving through {join_words(colours)}")
-    elif colours:
-        details.append(f"in {colours[0]} tones")
-    if summary.get("has_audio") is True:
-        details.append("with sound")
-    texts = [t for t in summary.get("on_screen_text") or [] if isinstance(t, str)]
-    # Longest first until the limit: the on-screen text is the most telling fact, so it
-    # is the last to be cut short.
-    for shown in (texts[:2], texts[:1]):
-        candidate = _sentence(opening, details, shown)
-        if word_count(candidate) <= MAX_WORDS:
-            return candidate
-    return limit_words(_sentence(opening, details[:1], []), MAX_WORDS)
-
-
-def _sentence(opening: str, details: list[str], texts: list[str]) -> str:
-    parts = [opening, *details]
-    if texts:
-        parts.append(f"showing the on-screen text {join_words([quote(t, 48) for t in texts])}")
-    return ", ".join(parts) + "."
-
-
-def _length_words(seconds: float) -> str:
-    if seconds < 60:
-        return f"{max(1, round(seconds))}-second"
-    if seconds < 3600:
-        return f"{round(seconds / 60)}-minute"
-    return f"{seconds / 3600:.1f}".removesuffix(".0") + "-hour"
-
-
-def _colours(scenes: list[dict[str, Any]], limit: int = 3) -> list[str]:
-    weights: dict[str, float] = {}
-    for scene in scenes:
-        duration = float(scene.get("duration_s") or 0) or 1.0
-        for colour in scene.get("dominant_colors") or []:
-            if isinstance(colour, dict) and isinstance(colour.get("name"), str):
-                share = float(colour.get("share") or 0)
-                weights[colour["name"]] = weights.get(colour["name"], 0.0) + share * duration
-    return sorted(weights, key=lambda name: -weights[name])[:limit]
+    """One sentence of at most ``MAX_WORDS`` words that says what the video is (gist.py)."""
+    return logline_text(signals(summary), MAX_WORDS)
 
 
 def _llm_logline(settings: LLMSettings, summary: dict[str, Any]) -> str:
-    lines = [f"Summary: {summary['summary']}"]
+    facts = signals(summary)
+    lines = [f"Summary: {summary['summary']}", f"Kind of video (measured): {video_kind(facts)}."]
     for scene in summary["scenes"]:
         if isinstance(scene.get("description"), str):
             lines.append(f"Scene {scene.get('index')}: {scene['description']}")
-    texts = summary.get("on_screen_text") or []
-    if texts:
-        lines.append("On-screen text: " + "; ".join(quote(str(t), 80) for t in texts))
+    said = key_sentences(facts.sentences, 5, hints=facts.captions)
+    if said:
+        lines.append("Said (key sentences of the transcript): " + " ".join(said))
+    if facts.captions:
+        lines.append("On-screen text: " + "; ".join(quote(t, 80) for t in facts.captions))
     messages: list[Message] = [
         {"role": "system", "content": _PROMPT},
         {"role": "user", "content": "\n".join(lines)},
