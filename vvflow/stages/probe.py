@@ -64,6 +64,8 @@ def probe(path: Path) -> dict[str, Any]:
                 "width": context.width,
                 "height": context.height,
                 "fps": round(fps, 3),
+                # Exact, for editors' timecode (30000/1001 is not 29.97).
+                "frame_rate": f"{rate.numerator}/{rate.denominator}" if rate else None,
                 "frame_count": header_frames,
                 "frame_count_header": header_frames,
                 "bit_rate": context.bit_rate or video.bit_rate or None,
