@@ -14,7 +14,14 @@ from typing import Any
 
 import pytest
 
-from tests.media import AUDIO_AMPLITUDE, make_video, segment_colour_names
+from tests.media import (
+    AUDIO_AMPLITUDE,
+    Chord,
+    Sentence,
+    espeak_available,
+    make_video,
+    segment_colour_names,
+)
 from tests.stage_support import (
     chat_server,
     closed_port_url,
@@ -316,3 +323,118 @@ def test_usage_error_exits_2(tmp_path: Path) -> None:
     result = run_stage("summarize", "a.json", "b.json", env={"VVFLOW_LLM_TIMEOUT_SECONDS": "soon"})
     assert result.returncode == 2
     assert "--llm-timeout-seconds" in result.stderr
+
+
+NEWS_SENTENCES = (
+    Sentence("The old bridge opens to traffic next spring.", 0.4, "en-us", 150),
+    Sentence("Engineers tested the steel deck for six weeks.", 4.4, "en-gb+f3", 175),
+)
+
+
+@pytest.fixture(scope="module")
+def news(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A 12 s 640x360 video in three 4 s scenes with "CITY NEWS" burnt in: a sentence
+    said in the first scene (en-us), another in the second (en-gb, a woman's voice,
+    faster), a chord in the third. Run through scan, summarize and logline as the
+    built-in pipeline runs them, with a keyframes and an exports folder."""
+    if not espeak_available():
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng): no real speech")
+    folder = tmp_path_factory.mktemp("news")
+    video = make_video(
+        folder / "news.mp4",
+        seconds=12.0,
+        width=640,
+        height=360,
+        cuts=2,
+        text="CITY NEWS",
+        sounds=[*NEWS_SENTENCES, Chord(8.5, 3.0)],
+    )
+    paths = {name: folder / f"news.{name}.json" for name in ("analytic", "summary", "logline")}
+    keyframes, exports = folder / "keyframes", folder / "exports"
+    for stage, args in (
+        ("scan", [video, paths["analytic"], "--keyframes-dir", keyframes]),
+        (
+            "summarize",
+            [
+                paths["analytic"],
+                paths["summary"],
+                "--keyframes-dir",
+                keyframes,
+                "--exports-dir",
+                exports,
+            ],
+        ),
+        ("logline", [paths["summary"], paths["logline"]]),
+    ):
+        result = run_stage(stage, *args)
+        assert result.returncode == 0, result.stderr
+        assert other_lines(result.stderr) == []
+    return {
+        "summary": json.loads(paths["summary"].read_text()),
+        "logline": json.loads(paths["logline"].read_text()),
+        "exports": exports,
+    }
+
+
+def words_of(text: str) -> list[str]:
+    return re.findall(r"[a-z]+", text.lower())
+
+
+def test_what_is_said_is_transcribed_per_scene_and_labelled(news: dict[str, Any]) -> None:
+    summary = news["summary"]
+    assert summary["schema_version"] == 3
+    transcript = summary["transcript"]
+    assert transcript["status"] == "transcribed"
+    assert transcript["model"]["name"] == "tiny.en"
+    heard = words_of(transcript["text"])
+    for sentence in NEWS_SENTENCES:
+        expected = words_of(sentence.text)
+        missing = [w for w in expected if w not in heard]
+        # tiny.en on espeak-ng: at most one word in eight misheard (see test_speech.py).
+        assert len(missing) <= len(expected) // 8, (missing, transcript["text"])
+    first, second, third = summary["scenes"]
+    assert "bridge" in words_of(first["speech"]) and "steel" not in words_of(first["speech"])
+    assert "steel" in words_of(second["speech"]) and "bridge" not in words_of(second["speech"])
+    assert third["speech"] == ""
+    assert [s["audio"]["kind"] for s in summary["scenes"]] == ["speech", "speech", "music"]
+    assert summary["audio"]["kind"] == "speech"
+    assert summary["kind"] in {"talk", "narrated video"}
+    # What is said leads the scene's sentence; the music is named where nothing is said.
+    assert 'a voice says "' in first["description"]
+    assert third["description"].endswith("and music.")
+
+
+def test_captions_and_what_is_said_make_the_summary_and_logline(news: dict[str, Any]) -> None:
+    summary = news["summary"]
+    assert [c["text"] for c in summary["captions"]] == ["CITY NEWS"]
+    assert summary["on_screen_text"] == ["CITY NEWS"]
+    caption = summary["captions"][0]
+    assert caption["first_s"] < 1.0 and caption["last_s"] > 11.0
+    text = summary["summary"]
+    assert "What is said, in brief: " in text and '"CITY NEWS"' in text
+    for colour in segment_colour_names(2):
+        assert colour not in text
+    logline = news["logline"]["logline"]
+    assert len(logline.split()) <= 35 and "\n" not in logline
+    assert 'a voice says "' in logline and '"CITY NEWS"' in logline
+    assert news["logline"]["kind"] == summary["kind"]
+    assert summary["llm"]["inputs"] == []
+
+
+def test_subtitles_chapters_and_timeline_are_exported(news: dict[str, Any]) -> None:
+    summary, exports = news["summary"], news["exports"]
+    assert summary["exports"] == {
+        "subtitles_vtt": "subtitles.vtt",
+        "subtitles_srt": "subtitles.srt",
+        "chapters_vtt": "chapters.vtt",
+        "timeline_otio": "timeline.otio",
+        "edl": "scenes.edl",
+    }
+    assert sorted(p.name for p in exports.iterdir()) == sorted(summary["exports"].values())
+    vtt = (exports / "subtitles.vtt").read_text()
+    assert vtt.startswith("WEBVTT") and "bridge" in vtt.lower() and "steel" in vtt.lower()
+    chapters = (exports / "chapters.vtt").read_text()
+    assert chapters.count(" --> ") == 3 and "CITY NEWS" in chapters
+    timeline = json.loads((exports / "timeline.otio").read_text())
+    assert timeline["OTIO_SCHEMA"].startswith("Timeline")
+    assert "../news.mp4" in (exports / "timeline.otio").read_text()

@@ -177,8 +177,18 @@ def builtin_stages() -> list[StageConfig]:
         ),
         StageConfig(
             name="summarize",
-            command=[*vvflow, "summarize", "{scan}", "{output}", "--keyframes-dir", "{scan_dir}"],
+            command=[
+                *vvflow,
+                "summarize",
+                "{scan}",
+                "{output}",
+                "--keyframes-dir",
+                "{scan_dir}",
+                "--exports-dir",
+                "{output_dir}",
+            ],
             output="summaries/{stem}.summary.json",
+            output_dir="exports/{stem}",
         ),
         StageConfig(
             name="logline",

@@ -75,6 +75,7 @@ class Signals:
     #: Shares of the duration (0..1); all None without an audio track.
     speech_share: float | None = None
     music_share: float | None = None
+    noise_share: float | None = None
     silence_share: float | None = None
     #: The transcript's sentences, in order.
     sentences: tuple[str, ...] = ()
@@ -180,6 +181,7 @@ def sound_words(signals: Signals) -> str:
     for share, name in (
         (signals.speech_share, "speech"),
         (signals.music_share, "music"),
+        (signals.noise_share, "noise"),
         (signals.silence_share, "silence"),
     ):
         if share is not None and share >= 0.05:
@@ -248,6 +250,8 @@ def _sound_phrase(signals: Signals) -> str:
         return "with music"
     if (signals.speech_share or 0.0) >= MAIN_SOUND_SHARE:
         return "with speech"
+    if (signals.noise_share or 0.0) >= MAIN_SOUND_SHARE:
+        return "with background noise"
     return "with sound"
 
 
@@ -348,6 +352,7 @@ def signals(summary: dict[str, Any]) -> Signals:
         has_audio=bool(summary.get("has_audio")),
         speech_share=_share(shares, "speech"),
         music_share=_share(shares, "music"),
+        noise_share=_share(shares, "noise"),
         silence_share=_share(shares, "silence"),
         sentences=tuple(split_sentences(texts)),
         captions=captions,

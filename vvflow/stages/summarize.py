@@ -1,23 +1,37 @@
-"""``vvflow stage summarize ANALYTIC OUTPUT``: what each scene looks, moves and sounds like,
-the text on screen, a sentence per scene and a summary of the whole video.
+"""``vvflow stage summarize ANALYTIC OUTPUT``: what a video says and shows, scene by scene,
+and what kind of video it is.
 
-The texts are deterministic, built from the measurements, unless an OpenAI-compatible
-chat endpoint is configured and answers; the JSON says which wrote them. The LLM is
-shown each scene's keyframe, found in ``--keyframes-dir`` (the built-in pipeline passes
-``{scan_dir}``, the scan's published keyframes folder), else ``$VVFLOW_STAGE_SCAN_DIR``,
-else where a scan by hand puts it (``keyframes/<stem>`` under ``$VVFLOW_ROOT``, the root
-above ``analytic/``, or next to ANALYTIC).
+Two passes run at once, one core each: the pictures (brightness, motion, colours and the
+captions on screen: measure.py, ocr.py) and the sound (voice activity, then a transcript
+of the speech only, and speech / music / noise / silence per scene: speech.py). The
+texts (a sentence per scene and a summary) are deterministic, built from the strongest
+of those signals (gist.py), unless an OpenAI-compatible chat endpoint is configured and
+answers: it is then shown each scene's keyframe, what is said in it and its captions,
+and the JSON says so (``llm.inputs``).
 
-Progress (``vvflow:progress`` lines on stderr, see ``command.py``): the share of the
-scenes' frames measured (0 to 0.85, at the sampled and OCR frames), then each LLM
-request, at most every 0.5 s and 5 %; 1 when the output is written.
+Editor outputs (exports.py) go into ``--exports-dir`` (the built-in pipeline passes
+``{output_dir}``, published whole to ``<root>/exports/<stem>``): subtitles of the
+speech (WebVTT, SRT), chapters (WebVTT), an OpenTimelineIO timeline and a CMX 3600 EDL.
+Without it (by hand), they go to ``$VVFLOW_ROOT/exports/<stem>``, else
+``exports/<stem>`` next to OUTPUT, replaced whole.
+
+The keyframes the LLM is shown are found in ``--keyframes-dir`` (the built-in pipeline
+passes ``{scan_dir}``), else ``$VVFLOW_STAGE_SCAN_DIR``, else where a scan by hand puts
+them (``keyframes/<stem>`` under ``$VVFLOW_ROOT``, the root above ``analytic/``, or
+next to ANALYTIC).
+
+Progress (``vvflow:progress`` lines on stderr, see ``command.py``): the slower of the
+two passes (0 to 0.85), then each LLM request, at most every 0.5 s and 5 %; 1 when the
+output is written.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections import Counter
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +44,9 @@ from vvflow.stages.command import (
     run_stage,
     write_json,
 )
+from vvflow.stages.exports import Cue, Media, rate_of, relative_media, write_exports
+from vvflow.stages.gist import scene_sentence, signals, summary_text, video_kind
+from vvflow.stages.keyframes import filled_folder, staged_folder
 from vvflow.stages.llm import (
     DETERMINISTIC,
     LLMSettings,
@@ -40,28 +57,42 @@ from vvflow.stages.llm import (
     image_part,
     text_part,
 )
-from vvflow.stages.measure import SceneMeasures, SceneSpan, measure
-from vvflow.stages.ocr import read_text, unique_lines
+from vvflow.stages.measure import Measured, SceneMeasures, SceneSpan, measure
 from vvflow.stages.probe import check_readable
-from vvflow.stages.prose import duration_words, first_sentence, join_words, quote
+from vvflow.stages.prose import duration_words, first_sentence, quote
+from vvflow.stages.speech import (
+    KINDS,
+    AudioTrack,
+    Listening,
+    SpeechOptions,
+    audio_kinds,
+    listen,
+    load_audio,
+    scene_transcripts,
+    subtitle_cues,
+)
 
-#: 2: ``scenes[].keyframe`` is named relative to the keyframes folder, as in the scan.
-SCHEMA_VERSION = 2
+#: 3: scenes carry ``audio`` (kind, shares, loudness) and ``speech``; ``ocr_frames`` is
+#: gone (the text reading is counted in ``text_reading``); captions come with times.
+SCHEMA_VERSION = 3
 ANALYTIC = "analytic JSON (the scan stage's output)"
 
 _SCENE_PROMPT = (
     "You write catalogue descriptions of video scenes. Answer with exactly one plain "
-    "sentence of at most 30 words describing what the scene shows, no preamble."
+    "sentence of at most 30 words describing what the scene shows and says, no preamble."
 )
-# Shares of the run, for progress: measuring the pictures (and reading their text) is
-# nearly all of it without an LLM; the LLM's requests come last.
-_PICTURES_SHARE = 0.85
-_LLM_FROM = 0.9
-
 _SUMMARY_PROMPT = (
     "You write catalogue summaries of videos. Answer with two or three plain sentences "
-    "summarising the whole video, no preamble, no list."
+    "summarising the whole video (what it is, what is said, what is shown), no preamble, "
+    "no list."
 )
+# Shares of the run, for progress: the two passes are nearly all of it without an LLM;
+# the LLM's requests come last.
+_PASSES_SHARE = 0.85
+_LLM_FROM = 0.9
+# What the LLM is shown of the transcript, at most (a long talk is cut).
+_LLM_TRANSCRIPT_CHARS = 6000
+_LLM_SCENE_SPEECH_CHARS = 600
 
 
 def main(argv: list[str]) -> int:
@@ -71,7 +102,12 @@ def main(argv: list[str]) -> int:
 
     def work() -> None:
         document = summarize(
-            args.analytic, video=args.video, settings=settings, keyframes_dir=args.keyframes_dir
+            args.analytic,
+            video=args.video,
+            settings=settings,
+            keyframes_dir=args.keyframes_dir,
+            exports_dir=args.exports_dir,
+            output=args.output,
         )
         write_json(args.output, document)
 
@@ -83,76 +119,157 @@ def summarize(
     *,
     video: Path | None = None,
     settings: LLMSettings | None = None,
+    speech: SpeechOptions | None = None,
     keyframes_dir: Path | None = None,
+    exports_dir: Path | None = None,
+    output: Path | None = None,
 ) -> dict[str, Any]:
-    """Measure and describe every scene of the scan in ``analytic_path``.
+    """Measure, listen to and describe every scene of the scan in ``analytic_path``.
 
     The video is ``video``, else ``$VVFLOW_VIDEO``, else the path the scan recorded.
     Keyframes (for the LLM) are looked up in ``keyframes_dir``, else where a scan by
-    hand puts them.
+    hand puts them. The editor outputs are written into ``exports_dir``; without it,
+    into ``$VVFLOW_ROOT/exports/<stem>`` or ``exports/<stem>`` next to ``output``
+    (replaced whole), and none when neither is known.
     """
     settings = settings or LLMSettings()
-    progress = Progress()
-    progress.update(0.0, "reading the scan")
+    try:
+        speech = speech or SpeechOptions.from_env()
+    except ValueError as error:  # a setting that cannot be read: the same on every retry
+        raise BadInput(str(error)) from None
+    progress = _TwoPasses(Progress())
+    progress.update()
     analytic = read_json_object(analytic_path, ANALYTIC)
     spans = _spans(analytic, analytic_path)
     video = video or _recorded_video(analytic, analytic_path)
     check_readable(video)
-
-    def measured(share: float, what: str) -> None:
-        progress.update(share * _PICTURES_SHARE, f"measuring {what}")
-
-    measures = measure(video, spans, read_text, measured)
-    has_audio = bool(analytic.get("audio_streams"))
-    scenes = [
-        _scene_record(scene, result)
-        for scene, result in zip(analytic["scenes"], measures, strict=True)
-    ]
-    on_screen = unique_lines(line for scene in scenes for line in scene["on_screen_text"])
-    for scene in scenes:
-        scene["description"] = describe_scene(scene, len(scenes))
-    summary = summarize_video(analytic, scenes, on_screen, has_audio=has_audio)
-
-    generator = DETERMINISTIC
-    reason: str | None = "not configured (no base URL or model)"
-    if settings.configured:
-        try:
-            keyframes = _keyframe_folders(analytic_path, analytic, keyframes_dir)
-            descriptions = []
-            for number, scene in enumerate(scenes):
-                share = _LLM_FROM + (1 - _LLM_FROM) * number / (len(scenes) + 1)
-                progress.update(share, f"asking the LLM about scene {scene['index']}")
-                descriptions.append(_llm_scene(settings, scene, len(scenes), keyframes))
-            progress.update(
-                _LLM_FROM + (1 - _LLM_FROM) * len(scenes) / (len(scenes) + 1),
-                "asking the LLM for the summary",
-            )
-            summary = _llm_summary(settings, analytic, scenes, descriptions, on_screen)
-        except LLMUnavailable as error:
-            reason = str(error)
-        else:
-            for scene, description in zip(scenes, descriptions, strict=True):
-                scene["description"] = description
-            generator, reason = settings.generator, None
-
     source = _object(analytic, "source")
-    return {
+    stem = env_default("VVFLOW_STEM") or source.get("stem") or video.stem
+    name = env_default("VVFLOW_NAME") or source.get("name") or video.name
+
+    measured, audio, listening = _both_passes(video, spans, speech, progress)
+    times = [(span.start_s, span.end_s) for span in spans]
+    sounds = audio_kinds(audio, listening, times)
+    said = scene_transcripts(listening, times)
+    scenes = [
+        _scene_record(scene, measures, sound, words)
+        for scene, measures, sound, words in zip(
+            analytic["scenes"], measured.scenes, sounds, said, strict=True
+        )
+    ]
+    captions = [caption.to_json() for caption in measured.captions]
+    document: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "source": {
             "analytic": str(analytic_path.resolve()),
             "video": str(video.resolve()),
-            "name": source.get("name", video.name),
-            "stem": env_default("VVFLOW_STEM") or source.get("stem", video.stem),
+            "name": name,
+            "stem": stem,
         },
         "duration_s": analytic.get("duration_s"),
+        "size": _size(analytic),
         "scene_count": len(scenes),
-        "has_audio": has_audio,
-        "on_screen_text": on_screen,
-        "summary": summary,
-        "generator": generator,
-        "llm": {**settings.describe(), "used": reason is None, "fallback_reason": reason},
+        "has_audio": audio is not None,
+        "kind": None,
+        "audio": _audio_overall(sounds, scenes) if audio is not None else None,
+        "transcript": listening.to_json(words=False),
+        "captions": captions,
+        "on_screen_text": [caption["text"] for caption in captions],
+        "text_reading": measured.ocr,
+        "summary": "",
+        "generator": DETERMINISTIC,
+        "llm": {},
+        "exports": None,
         "scenes": scenes,
     }
+    facts = signals(document)
+    document["kind"] = video_kind(facts)
+    for scene in scenes:
+        scene["description"] = scene_sentence(
+            scene, len(scenes), speech=scene["speech"], captions=scene["on_screen_text"]
+        )
+    document["summary"] = summary_text(facts)
+    _ask_llm(
+        document, settings, progress, _keyframe_folders(analytic_path, analytic, keyframes_dir)
+    )
+    target = _exports_target(exports_dir, output, stem)
+    if target is not None:
+        published = exports_dir is not None  # by vvflow, or into a folder given by hand
+        with filled_folder(target) if published else staged_folder(target) as folder:
+            document["exports"] = write_exports(
+                folder,
+                name=name,
+                scenes=[
+                    {**record, "title": _title(scene)}
+                    for record, scene in zip(analytic["scenes"], scenes, strict=True)
+                ],
+                rate=rate_of(_object(analytic, "video")),
+                duration_s=analytic.get("duration_s"),
+                media=_media(video, name, stem, target, published=published),
+                cues=[Cue(start, end, text) for start, end, text in subtitle_cues(listening)],
+                audio=audio is not None,
+            )
+    return document
+
+
+class _TwoPasses:
+    """Progress of the picture and the sound pass running at once: the slower one's
+    share (each reports from its own thread), then the LLM's steps."""
+
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+        self._lock = threading.Lock()
+        self._shares = {"pictures": 0.0, "sound": 0.0}
+        self._messages = {"pictures": "reading the scan", "sound": "listening"}
+
+    def update(self) -> None:
+        with self._lock:
+            track = min(self._shares, key=lambda k: self._shares[k])
+            self._progress.update(self._shares[track] * _PASSES_SHARE, self._messages[track])
+
+    def track(self, name: str, what: str) -> Callable[[float, str], None]:
+        def report(share: float, message: str) -> None:
+            with self._lock:
+                self._shares[name] = max(self._shares[name], min(1.0, share))
+                self._messages[name] = f"{what} {message}".strip()
+            self.update()
+
+        return report
+
+    def step(self, share: float, message: str) -> None:
+        with self._lock:
+            self._progress.update(share, message)
+
+
+class _Stopped(Exception):
+    """The picture pass failed: the sound pass stops at its next progress report."""
+
+
+def _both_passes(
+    video: Path, spans: list[SceneSpan], speech: SpeechOptions, progress: _TwoPasses
+) -> tuple[Measured, AudioTrack | None, Listening]:
+    """The picture pass in this thread and the sound pass in another, one core each."""
+    stop = threading.Event()
+    heard = progress.track("sound", "")
+
+    def hear(share: float, message: str) -> None:
+        if stop.is_set():
+            raise _Stopped
+        heard(share, message)
+
+    def sound() -> tuple[AudioTrack | None, Listening]:
+        audio = load_audio(video)
+        return audio, listen(audio, speech, hear)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sound") as pool:
+        listening = pool.submit(sound)
+        try:
+            measured = measure(video, spans, progress.track("pictures", "measuring"))
+        except BaseException:
+            stop.set()
+            raise
+        audio, heard_all = listening.result()
+    return measured, audio, heard_all
 
 
 def _spans(analytic: dict[str, Any], path: Path) -> list[SceneSpan]:
@@ -215,7 +332,10 @@ def _keyframe_folders(
     return [given, *guesses] if given is not None else guesses
 
 
-def _scene_record(scene: dict[str, Any], result: SceneMeasures) -> dict[str, Any]:
+def _scene_record(
+    scene: dict[str, Any], result: SceneMeasures, sound: dict[str, Any], speech: str
+) -> dict[str, Any]:
+    loudness = sound.get("loudness_dbfs")
     return {
         "index": scene["index"],
         "start_s": scene["start_s"],
@@ -231,10 +351,11 @@ def _scene_record(scene: dict[str, Any], result: SceneMeasures) -> dict[str, Any
         "dominant_colors": [
             {"name": name, "share": share} for name, share in result.dominant_colors
         ],
-        "audio_loudness_dbfs": result.loudness_dbfs,
-        "audio_label": loudness_label(result.loudness_dbfs),
-        "on_screen_text": unique_lines(result.text_lines),
-        "ocr_frames": result.ocr_frames,
+        "audio": sound,
+        "audio_loudness_dbfs": loudness,
+        "audio_label": loudness_label(loudness),
+        "speech": speech,
+        "on_screen_text": [caption.text for caption in result.captions],
         "description": "",
     }
 
@@ -266,78 +387,99 @@ def loudness_label(dbfs: float | None) -> str | None:
     return "moderate" if dbfs < -18 else "loud"
 
 
-_MOTION_WORDS = {
-    "static": "no visible motion",
-    "low": "little motion",
-    "moderate": "some motion",
-    "high": "a lot of motion",
-}
+def _audio_overall(sounds: list[dict[str, Any]], scenes: list[dict[str, Any]]) -> dict[str, Any]:
+    """The whole video's shares of speech, music, noise and silence (scenes weighted by
+    their duration) and the kind with the largest share."""
+    total = sum(float(scene["duration_s"]) for scene in scenes) or 1.0
+    shares = dict.fromkeys(KINDS, 0.0)
+    for sound, scene in zip(sounds, scenes, strict=True):
+        for kind, share in (sound.get("shares") or {}).items():
+            shares[kind] = shares.get(kind, 0.0) + float(share) * float(scene["duration_s"])
+    shares = {kind: round(value / total, 2) for kind, value in shares.items()}
+    return {"kind": max(shares, key=lambda kind: shares[kind]), "shares": shares}
 
 
-def describe_scene(scene: dict[str, Any], scene_count: int) -> str:
-    """One deterministic sentence about a scene record."""
-    colours = [c["name"] for c in scene["dominant_colors"]]
-    if not colours:
-        colour_words = "in mixed colours"
-    elif len(colours) == 1 or scene["dominant_colors"][0]["share"] >= 0.75:
-        colour_words = f"mostly {colours[0]}"
-    else:
-        colour_words = f"mainly {join_words(colours[:2])}"
-    extras = [_MOTION_WORDS[scene["motion_label"]]]
-    audio = scene["audio_label"]
-    if audio == "silent":
-        extras.append("no audible sound")
-    elif audio is not None:
-        extras.append(f"{audio} sound")
-    if scene["on_screen_text"]:
-        shown = ", ".join(quote(line) for line in scene["on_screen_text"][:3])
-        extras.append(f"the on-screen text {shown}")
-    where = (
-        f"Scene {scene['index']} of {scene_count} "
-        f"({scene['start_timecode']} to {scene['end_timecode']}, {scene['duration_s']:.1f} s)"
-    )
-    return (
-        f"{where} is a {scene['brightness_label']} shot, {colour_words}, with {join_words(extras)}."
-    )
-
-
-def video_colours(scenes: list[dict[str, Any]], limit: int = 3) -> list[str]:
-    """The colours that cover most of the video, weighting scenes by their duration."""
-    weights: Counter[str] = Counter()
-    for scene in scenes:
-        for colour in scene["dominant_colors"]:
-            weights[colour["name"]] += colour["share"] * scene["duration_s"]
-    return [name for name, _ in weights.most_common(limit)]
-
-
-def summarize_video(
-    analytic: dict[str, Any],
-    scenes: list[dict[str, Any]],
-    on_screen: list[str],
-    *,
-    has_audio: bool,
-) -> str:
-    """One deterministic sentence about the whole video."""
-    duration = float(analytic.get("duration_s") or scenes[-1]["end_s"])
+def _size(analytic: dict[str, Any]) -> str | None:
     stream = _object(analytic, "video")
-    size = f"{stream['width']}x{stream['height']} " if stream.get("width") else ""
-    count = len(scenes)
-    shape = "a single scene" if count == 1 else f"{count} scenes averaging {duration / count:.1f} s"
-    parts = [f"A {size}video of {duration_words(duration)} in {shape}"]
-    colours = video_colours(scenes)
-    if colours:
-        parts.append(f"mostly {join_words(colours)}")
-    moving = Counter(scene["motion_label"] for scene in scenes).most_common(1)[0][0]
-    sound = "sound" if has_audio else "no audio"
-    parts.append(f"with {_MOTION_WORDS[moving]} and {sound}")
-    text = ", ".join(parts)
-    if on_screen:
-        text += f"; on-screen text reads {', '.join(quote(line) for line in on_screen[:4])}"
-    return text + "."
+    width, height = stream.get("width"), stream.get("height")
+    return f"{width}x{height}" if width and height else None
+
+
+def _title(scene: dict[str, Any]) -> str:
+    """A chapter title: the scene's first caption, else its first words said."""
+    if scene["on_screen_text"]:
+        return str(scene["on_screen_text"][0])
+    words = str(scene["speech"]).split()
+    if words:
+        return " ".join(words[:8]) + ("…" if len(words) > 8 else "")
+    return f"Scene {scene['index']}"
+
+
+def _exports_target(given: Path | None, output: Path | None, stem: str) -> Path | None:
+    """Where the editor outputs go: the folder given, else ``exports/<stem>`` under
+    ``$VVFLOW_ROOT`` or next to OUTPUT (by hand, replaced whole); None: nowhere."""
+    if given is not None:
+        return given
+    root = env_default("VVFLOW_ROOT")
+    if root:
+        return Path(root) / "exports" / stem
+    return output.resolve().parent / "exports" / stem if output is not None else None
+
+
+def _media(video: Path, name: str, stem: str, folder: Path, *, published: bool) -> Media:
+    """How the editor outputs point at the video: from where vvflow publishes the folder
+    (``<root>/exports/<stem>``) to where the video ends (``<root>/input/completed/<name>``)
+    when run by vvflow; by hand, from the folder to the video."""
+    root = env_default("VVFLOW_ROOT")
+    if published and root:
+        return relative_media(
+            Path(root) / "input" / "completed" / name, Path(root) / "exports" / stem
+        )
+    return relative_media(video, folder)
+
+
+def _ask_llm(
+    document: dict[str, Any], settings: LLMSettings, progress: _TwoPasses, keyframes: list[Path]
+) -> None:
+    """Have the LLM write the descriptions and the summary, when one is configured and
+    answers every request; else keep the deterministic texts and record why."""
+    scenes = document["scenes"]
+    reason: str | None = "not configured (no base URL or model)"
+    inputs: list[str] = []
+    if settings.configured:
+        try:
+            descriptions = []
+            for number, scene in enumerate(scenes):
+                share = _LLM_FROM + (1 - _LLM_FROM) * number / (len(scenes) + 1)
+                progress.step(share, f"asking the LLM about scene {scene['index']}")
+                descriptions.append(_llm_scene(settings, scene, len(scenes), keyframes, inputs))
+            progress.step(
+                _LLM_FROM + (1 - _LLM_FROM) * len(scenes) / (len(scenes) + 1),
+                "asking the LLM for the summary",
+            )
+            summary = _llm_summary(settings, document, descriptions, inputs)
+        except LLMUnavailable as error:
+            reason = str(error)
+        else:
+            for scene, description in zip(scenes, descriptions, strict=True):
+                scene["description"] = description
+            document["summary"] = summary
+            document["generator"], reason = settings.generator, None
+    document["llm"] = {
+        **settings.describe(),
+        "used": reason is None,
+        "fallback_reason": reason,
+        # What the model was shown (none when it was not used).
+        "inputs": sorted(set(inputs)) if reason is None else [],
+    }
 
 
 def _llm_scene(
-    settings: LLMSettings, scene: dict[str, Any], scene_count: int, roots: list[Path]
+    settings: LLMSettings,
+    scene: dict[str, Any],
+    scene_count: int,
+    roots: list[Path],
+    inputs: list[str],
 ) -> str:
     facts = [
         f"Scene {scene['index']} of {scene_count}, {scene['start_timecode']} to "
@@ -345,16 +487,22 @@ def _llm_scene(
         f"Measured: {scene['brightness_label']} (mean luma {scene['brightness']}), "
         f"motion {scene['motion_label']}, colours "
         f"{', '.join(c['name'] for c in scene['dominant_colors']) or 'mixed'}"
-        + (f", audio {scene['audio_label']}" if scene["audio_label"] else ", no audio")
+        + (f", sound: {scene['audio']['kind']}" if scene["audio"].get("kind") else ", no audio")
         + ".",
     ]
+    inputs.append("measurements")
+    if scene["speech"]:
+        facts.append("Said in it (transcript): " + quote(scene["speech"], _LLM_SCENE_SPEECH_CHARS))
+        inputs.append("transcript")
     if scene["on_screen_text"]:
         facts.append("On-screen text: " + "; ".join(quote(t, 80) for t in scene["on_screen_text"]))
+        inputs.append("captions")
     content: list[Message] = [text_part(" ".join(facts))]
     keyframe = _find_keyframe(scene.get("keyframe"), roots)
     if keyframe is not None:
         content.append(text_part("The attached image is the scene's keyframe."))
         content.append(image_part(keyframe))
+        inputs.append("keyframes")
     messages: list[Message] = [
         {"role": "system", "content": _SCENE_PROMPT},
         {"role": "user", "content": content},
@@ -363,21 +511,25 @@ def _llm_scene(
 
 
 def _llm_summary(
-    settings: LLMSettings,
-    analytic: dict[str, Any],
-    scenes: list[dict[str, Any]],
-    descriptions: list[str],
-    on_screen: list[str],
+    settings: LLMSettings, document: dict[str, Any], descriptions: list[str], inputs: list[str]
 ) -> str:
+    scenes = document["scenes"]
     lines = [
-        f"Video of {duration_words(float(analytic.get('duration_s') or 0))}, "
-        f"{len(scenes)} scene(s)."
+        f"Video of {duration_words(float(document.get('duration_s') or 0))}, "
+        f"{len(scenes)} scene(s); measured kind: {document['kind']}."
     ]
     lines += [
         f"Scene {scene['index']}: {text}" for scene, text in zip(scenes, descriptions, strict=True)
     ]
-    if on_screen:
-        lines.append("On-screen text: " + "; ".join(quote(t, 80) for t in on_screen))
+    said = str(document["transcript"].get("text") or "")
+    if said:
+        lines.append("Transcript: " + quote(said, _LLM_TRANSCRIPT_CHARS))
+        inputs.append("transcript")
+    if document["on_screen_text"]:
+        lines.append(
+            "On-screen text: " + "; ".join(quote(t, 80) for t in document["on_screen_text"])
+        )
+        inputs.append("captions")
     messages: list[Message] = [
         {"role": "system", "content": _SUMMARY_PROMPT},
         {"role": "user", "content": "\n".join(lines)},
@@ -418,6 +570,16 @@ def _parser() -> argparse.ArgumentParser:
         help="the scan's keyframes folder, which the keyframe names are relative to "
         "(env VVFLOW_STAGE_SCAN_DIR; default: keyframes/<stem> under $VVFLOW_ROOT, "
         "the root above analytic/, or next to ANALYTIC)",
+    )
+    output_dir = env_default("VVFLOW_OUTPUT_DIR")
+    parser.add_argument(
+        "--exports-dir",
+        metavar="DIR",
+        type=Path,
+        default=Path(output_dir) if output_dir else None,
+        help="folder to write the editor outputs into (subtitles, chapters, OTIO timeline, "
+        "EDL; env VVFLOW_OUTPUT_DIR; default: $VVFLOW_ROOT/exports/<stem>, else "
+        "exports/<stem> next to OUTPUT, replaced whole)",
     )
     add_llm_arguments(parser)
     return parser
