@@ -42,9 +42,27 @@ if str(REPO) not in sys.path:  # run as a script: make `tests.*` importable
 
 from tests import gluster  # noqa: E402
 from tests.benchmarks import seed  # noqa: E402
-from tests.media import make_video  # noqa: E402
+from tests.media import Chord, Sentence, make_video  # noqa: E402
 
 VIDEO_SECONDS, VIDEO_WIDTH, VIDEO_HEIGHT, VIDEO_FPS, VIDEO_CUTS = 60, 1280, 720, 30, 19
+# The built-in pipeline's video: a talk with cuts and a caption, spoken by espeak-ng in two
+# voices at two speeds, no sentence twice (Whisper re-decodes a window that repeats).
+TALK_CAPTION = "CITY COUNCIL LIVE"
+TALK_SENTENCES = (
+    "Good evening and welcome to the city council meeting.",
+    "Tonight we vote on the new bridge across the river.",
+    "The bridge would carry trams, bicycles and people on foot.",
+    "Engineers tested the steel deck for several weeks.",
+    "Some neighbours worry about noise during the building work.",
+    "The mayor promised quiet hours at night and on weekends.",
+    "Shops near the old market hope for more visitors.",
+    "The vote is expected before the end of the month.",
+    "Cyclists asked for a wide lane on both sides.",
+    "The river will stay open to boats while the work goes on.",
+    "A public meeting about the plans takes place next week.",
+    "Thank you for watching and good night.",
+)
+TALK_VOICES = (("en-us", 150), ("en-gb+f3", 175), ("en-us+m3", 185), ("en-gb", 140))
 # Decoding alone, as the scan stage's practical limit: every frame, no conversion.
 DECODE_ONLY = """\
 import sys, av
@@ -128,10 +146,11 @@ class Mode:
     scan_repeats: int
     shared_videos: int
     pipelined_videos: int
+    builtin_repeats: int
 
 
-QUICK = Mode("quick", 20, 50, 3, 100_000, 5, 40, 2, 15, 8, 3, 40, 15)
-FULL = Mode("full", 100, 50, 3, 100_000, 9, 200, 3, 100, 40, 7, 100, 30)
+QUICK = Mode("quick", 20, 50, 3, 100_000, 5, 40, 2, 15, 8, 3, 40, 15, 1)
+FULL = Mode("full", 100, 50, 3, 100_000, 9, 200, 3, 100, 40, 7, 100, 30, 3)
 
 
 @dataclass(frozen=True)
@@ -893,6 +912,94 @@ class Bench:
             )
         )
 
+    # -- the built-in pipeline -------------------------------------------------------
+
+    def talk_video(self, *, speech: bool) -> Path:
+        """A 60 s 1280x720 video with cuts and a caption burnt in, and either
+        ``TALK_SENTENCES`` spoken one after another (about 5 s apart) or, instead of
+        speech, a chord now and then over silence."""
+        folder = self.video_cache or self.work
+        folder.mkdir(parents=True, exist_ok=True)
+        name = (
+            f"talk-{'speech' if speech else 'music'}-{VIDEO_SECONDS}s-{VIDEO_WIDTH}x{VIDEO_HEIGHT}"
+        )
+        path = folder / f"{name}.mp4"
+        if path.exists():
+            return path
+        say(f"generating {path.name} with tests/media.py (about a minute)")
+        step = VIDEO_SECONDS / len(TALK_SENTENCES)
+        sounds: list[Sentence | Chord] = (
+            [
+                Sentence(text, 0.3 + n * step, *TALK_VOICES[n % len(TALK_VOICES)])
+                for n, text in enumerate(TALK_SENTENCES)
+            ]
+            if speech
+            else [Chord(start, 3.0) for start in range(2, VIDEO_SECONDS - 4, 10)]
+        )
+        partial = folder / f".{name}.partial.mp4"
+        make_video(
+            partial,
+            seconds=VIDEO_SECONDS,
+            width=VIDEO_WIDTH,
+            height=VIDEO_HEIGHT,
+            fps=VIDEO_FPS,
+            cuts=5,
+            text=TALK_CAPTION,
+            sounds=sounds,
+        )
+        partial.rename(path)
+        return path
+
+    def builtin_rows(self) -> None:
+        """The whole built-in pipeline (scan, summarize, logline as `vvflow once` runs
+        them, every interpreter start included) on a 60 s 720p video, against its length."""
+        for speech, row, goal in (
+            (True, "builtin_realtime_factor", 0.5),
+            (False, "builtin_realtime_factor_no_speech", 0.25),
+        ):
+            video = self.talk_video(speech=speech)
+            runs = []
+            for attempt in range(self.mode.builtin_repeats):
+                root = self.work / f"{row}-{attempt}"
+                (root / "input" / "pending").mkdir(parents=True)
+                (root / "vvflow.toml").write_text("stable_seconds = 0\n")
+                shutil.copyfile(video, root / "input" / "pending" / video.name)
+                records, seconds = once_all_completed(root, 1, row)
+                stages = {
+                    r["stage"]: r["duration_s"]
+                    for r in records
+                    if r.get("event") == "stage_succeeded"
+                }
+                runs.append(
+                    (
+                        seconds,
+                        stages,
+                        json.loads((root / "summaries" / f"{video.stem}.summary.json").read_text()),
+                    )
+                )
+                shutil.rmtree(root)
+            seconds, stages, summary = min(runs, key=lambda run: run[0])
+            factor = seconds / VIDEO_SECONDS
+            said = summary["transcript"]
+            spent = ", ".join(f"{name} {value:.1f} s" for name, value in stages.items())
+            verdict = "met" if factor <= goal else f"missed by {factor - goal:.2f}"
+            sound = "12 spoken sentences" if speech else "chords and silence, no speech"
+            self.results.append(
+                lower_is_better(
+                    row,
+                    seconds,
+                    float(VIDEO_SECONDS),
+                    "s",
+                    f"realtime factor {factor:.3f} (goal <= {goal}: {verdict}): the built-in "
+                    f"pipeline's wall time, first claim to completion, as `vvflow once` runs "
+                    f"it, best of {self.mode.builtin_repeats}, against the video's {VIDEO_SECONDS} "
+                    f"s ({VIDEO_WIDTH}x{VIDEO_HEIGHT} H.264 {VIDEO_FPS} fps, 6 shots, a burnt-in "
+                    f"caption, {sound}); "
+                    f"stages: {spent}; transcript {said['status']}, "
+                    f"{said['speech_s']:.0f} s of speech; load average {os.getloadavg()[0]:.1f}",
+                )
+            )
+
     # -- shared storage: GlusterFS (tests/gluster.py) ---------------------------------
 
     def gluster_rows(self) -> None:
@@ -1145,6 +1252,8 @@ ORDER = (
     "drop_to_claim_latency_polling",
     "scan_vs_decode",
     "scan_vs_scenedetect_cli",
+    "builtin_realtime_factor",
+    "builtin_realtime_factor_no_speech",
     "idle_rss_mb",
     "idle_rss_mb_100k_pending",
     "dedupe_lookup_100k",
@@ -1173,6 +1282,8 @@ def measure(bench: Bench, only: set[str] | None) -> None:
         bench.drop_to_claim_latency()
     if wanted("scan_vs_decode", "scan_vs_scenedetect_cli"):
         bench.scan_rows()
+    if wanted("builtin_realtime_factor", "builtin_realtime_factor_no_speech"):
+        bench.builtin_rows()
     if wanted("dedupe_lookup_100k"):
         bench.dedupe_lookup_100k()
     if wanted("dedupe_lookup_same_size"):

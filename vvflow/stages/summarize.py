@@ -44,7 +44,7 @@ from vvflow.stages.command import (
     run_stage,
     write_json,
 )
-from vvflow.stages.exports import Cue, Media, rate_of, relative_media, write_exports
+from vvflow.stages.exports import Media, rate_of, relative_media, write_exports
 from vvflow.stages.gist import scene_sentence, signals, summary_text, video_kind
 from vvflow.stages.keyframes import filled_folder, staged_folder
 from vvflow.stages.llm import (
@@ -206,7 +206,7 @@ def summarize(
                 rate=rate_of(_object(analytic, "video")),
                 duration_s=analytic.get("duration_s"),
                 media=_media(video, name, stem, target, published=published),
-                cues=[Cue(start, end, text) for start, end, text in subtitle_cues(listening)],
+                cues=subtitle_cues(listening),
                 audio=audio is not None,
             )
     return document
