@@ -41,7 +41,6 @@ from vvflow.stages.llm import (
     text_part,
 )
 from vvflow.stages.measure import SceneMeasures, SceneSpan, measure
-from vvflow.stages.ocr import read_text, unique_lines
 from vvflow.stages.probe import check_readable
 from vvflow.stages.prose import duration_words, first_sentence, join_words, quote
 
@@ -102,13 +101,13 @@ def summarize(
     def measured(share: float, what: str) -> None:
         progress.update(share * _PICTURES_SHARE, f"measuring {what}")
 
-    measures = measure(video, spans, read_text, measured)
+    measures = measure(video, spans, measured)
     has_audio = bool(analytic.get("audio_streams"))
     scenes = [
         _scene_record(scene, result)
-        for scene, result in zip(analytic["scenes"], measures, strict=True)
+        for scene, result in zip(analytic["scenes"], measures.scenes, strict=True)
     ]
-    on_screen = unique_lines(line for scene in scenes for line in scene["on_screen_text"])
+    on_screen = [caption.text for caption in measures.captions]
     for scene in scenes:
         scene["description"] = describe_scene(scene, len(scenes))
     summary = summarize_video(analytic, scenes, on_screen, has_audio=has_audio)
@@ -148,6 +147,8 @@ def summarize(
         "scene_count": len(scenes),
         "has_audio": has_audio,
         "on_screen_text": on_screen,
+        "captions": [caption.as_json() for caption in measures.captions],
+        "ocr": measures.ocr.as_json(),
         "summary": summary,
         "generator": generator,
         "llm": {**settings.describe(), "used": reason is None, "fallback_reason": reason},
@@ -233,8 +234,8 @@ def _scene_record(scene: dict[str, Any], result: SceneMeasures) -> dict[str, Any
         ],
         "audio_loudness_dbfs": result.loudness_dbfs,
         "audio_label": loudness_label(result.loudness_dbfs),
-        "on_screen_text": unique_lines(result.text_lines),
-        "ocr_frames": result.ocr_frames,
+        "on_screen_text": [caption.text for caption in result.captions],
+        "ocr": result.ocr.as_json(),
         "description": "",
     }
 
