@@ -179,6 +179,7 @@ def make_video(
     text: str | None = None,
     audio: bool = False,
     sounds: Sequence[Sound] | None = None,
+    captions: Sequence[Caption] = (),
 ) -> Path:
     """Write an H.264 video to ``path`` (container from the suffix) and return ``path``.
 
@@ -188,7 +189,8 @@ def make_video(
     frame, large, white with a black outline, in the middle. ``audio`` adds a mono AAC
     440 Hz tone that gets 6 dB quieter in each segment. ``sounds`` (sentences and
     chords, see ``sound_track``) make the audio track instead, silent elsewhere; an
-    empty list makes a silent track.
+    empty list makes a silent track. ``captions`` are burnt into the frames of their
+    own times (see ``Caption``).
     """
     if width % 2 or height % 2:
         raise ValueError("width and height must be even for yuv420p")
@@ -208,6 +210,9 @@ def make_video(
         for segment in range(cuts + 1):
             for number in range(boundaries[segment], boundaries[segment + 1]):
                 image = _frame(number, total, segment, size=(width, height), text=text)
+                for caption in captions:
+                    if caption.start_s <= number / fps < caption.end_s:
+                        _burn_caption(image, caption)
                 frame = av.VideoFrame.from_ndarray(image, format="rgb24")
                 frame.pts = number
                 frame.time_base = Fraction(1, fps)
@@ -259,6 +264,31 @@ def _burn_text(image: Frame, text: str) -> None:
     origin = ((width - text_w) // 2, (height + text_h) // 2 + height // 10)
     cv2.putText(image, text, origin, font, scale, (0, 0, 0), thickness + 4, cv2.LINE_AA)
     cv2.putText(image, text, origin, font, scale, (255, 255, 255), thickness, cv2.LINE_AA)
+
+
+@dataclass(frozen=True)
+class Caption:
+    """A line of text ``make_video`` burns into the frames from ``start_s`` to ``end_s``
+    (end excluded): white with a black outline, centred, its letters ``size`` times the
+    frame's height tall, its middle at ``at`` times the height (0.85: a lower third)."""
+
+    text: str
+    start_s: float
+    end_s: float
+    at: float = 0.85
+    size: float = 0.06
+
+
+def _burn_caption(image: Frame, caption: Caption) -> None:
+    height, width = image.shape[:2]
+    font = cv2.FONT_HERSHEY_DUPLEX
+    (_, unit_h), _ = cv2.getTextSize("X", font, 1.0, 1)
+    scale = caption.size * height / unit_h
+    thickness = max(1, round(scale * 1.5))
+    (text_w, text_h), _ = cv2.getTextSize(caption.text, font, scale, thickness)
+    origin = ((width - text_w) // 2, round(caption.at * height + text_h / 2))
+    cv2.putText(image, caption.text, origin, font, scale, (0, 0, 0), thickness + 3, cv2.LINE_AA)
+    cv2.putText(image, caption.text, origin, font, scale, (255, 255, 255), thickness, cv2.LINE_AA)
 
 
 def _write_tone(

@@ -1,9 +1,21 @@
-"""Per-scene measurements from one pass over a video: brightness, motion, dominant colours,
-audio loudness, and a few full-size frames per scene for OCR."""
+"""Per-scene measurements from one pass over a video's pictures: brightness, motion,
+dominant colours and the on-screen text (``ocr.py``). The sound is speech.py's.
+
+``measure(video, spans, progress) -> Measured``: ``Measured.scenes`` has one
+``SceneMeasures`` per span (brightness, motion, dominant colours, the captions
+seen during the scene and what reading them cost), ``Measured.captions`` the whole
+video's accepted captions in order of first appearance (``ocr.Caption``: text, first_s,
+last_s, sightings, score) and ``Measured.ocr`` the video's ``ocr.OcrCounters``.
+
+The pictures are decoded once. Every frame is scaled (in FFmpeg, by reformatters made
+once) to a 64x36 gray picture for brightness and motion; a dozen frames per scene to a
+64x36 RGB one for the colours; every ``ocr.SAMPLE_SECONDS`` (and at least once per
+scene) a frame to a gray one ``ocr.GATE_WIDTH`` wide for the text gate, and only a frame
+holding a block of text not read before to full size, for RapidOCR.
+"""
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -13,19 +25,16 @@ import av
 import cv2
 import numpy as np
 import numpy.typing as npt
+from av.video.reformatter import VideoReformatter
 
 from vvflow.stages.command import BadInput
+from vvflow.stages.ocr import Caption, OcrCounters, TextReader, sample_frames
 
 Image = npt.NDArray[np.uint8]
 
-OCR_FRAMES_PER_SCENE = 3
-OCR_MAX_FRAMES_PER_SCENE = 6
-OCR_SECONDS_PER_FRAME = 4.0  # long scenes get one more OCR frame per this many seconds
 _SMALL = (64, 36)  # measuring size: enough for averages, cheap to convert
 _COLOUR_SAMPLES_PER_SCENE = 12
 _COLOUR_MIN_SHARE = 0.1
-_AUDIO_RATE = 16_000
-_SILENCE_DBFS = -90.0
 
 
 @dataclass(frozen=True)
@@ -38,6 +47,11 @@ class SceneSpan:
     start_s: float
     end_s: float
 
+    def time_of(self, frame: int) -> float:
+        """The time of frame ``frame`` of the scene, in seconds."""
+        length = max(1, self.end_frame - self.start_frame)
+        return self.start_s + (frame - self.start_frame) * (self.end_s - self.start_s) / length
+
 
 @dataclass
 class SceneMeasures:
@@ -46,36 +60,33 @@ class SceneMeasures:
     brightness: float = 0.0
     motion: float = 0.0
     dominant_colors: list[tuple[str, float]] = field(default_factory=list)
-    loudness_dbfs: float | None = None
-    ocr_frames: list[int] = field(default_factory=list)
-    text_lines: list[str] = field(default_factory=list)
+    captions: list[Caption] = field(default_factory=list)  # seen during the scene
+    ocr: OcrCounters = field(default_factory=OcrCounters)
 
 
-TextReader = Callable[[Image], list[str]]
+@dataclass
+class Measured:
+    """Every scene's measures, and the whole video's captions and OCR counters."""
+
+    scenes: list[SceneMeasures]
+    captions: list[Caption]
+    ocr: OcrCounters
+
+
 #: Told the share of the pictures measured so far (0..1) and what is being done.
 ProgressSink = Callable[[float, str], object]
-
-
-def ocr_frame_numbers(span: SceneSpan) -> list[int]:
-    """Frames of ``span`` to read text from: evenly spread, more for long scenes."""
-    length = span.end_frame - span.start_frame
-    seconds = span.end_s - span.start_s
-    wanted = OCR_FRAMES_PER_SCENE + max(0, math.floor(seconds / OCR_SECONDS_PER_FRAME) - 1)
-    count = max(1, min(length, wanted, OCR_MAX_FRAMES_PER_SCENE))
-    return sorted({span.start_frame + math.floor((k + 0.5) * length / count) for k in range(count)})
 
 
 def measure(
     video: Path,
     spans: Sequence[SceneSpan],
-    read_text: TextReader,
     progress: ProgressSink | None = None,
-) -> list[SceneMeasures]:
+) -> Measured:
     """Decode ``video`` once and measure every scene in ``spans``.
 
-    ``read_text`` gets a few full-size BGR frames of each scene as they decode (so no
-    frames pile up in memory) and returns the lines of text it reads in them.
-    ``progress`` is told the share of the scenes' frames measured, at every sampled frame.
+    ``progress`` is told the share of the scenes' frames measured, at every sampled
+    frame, then that the text is being read (RapidOCR may still be busy when the
+    decoding ends).
     """
     try:
         container = av.open(str(video), metadata_errors="ignore")
@@ -84,26 +95,22 @@ def measure(
     with container:
         if not container.streams.video:
             raise BadInput(f"{video}: no video stream")
-        measures = _measure_pictures(container, spans, read_text, progress)
-    if progress is not None:
-        progress(1.0, "the sound")
-    loudness = _loudness_per_scene(video, spans)
-    if loudness is not None:
-        for scene, value in zip(measures, loudness, strict=True):
-            scene.loudness_dbfs = value
-    return measures
+        measured = _measure_pictures(container, spans, progress)
+    return measured
 
 
 def _measure_pictures(
     container: av.container.InputContainer,
     spans: Sequence[SceneSpan],
-    read_text: TextReader,
     progress: ProgressSink | None,
-) -> list[SceneMeasures]:
+) -> Measured:
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
     measures = [SceneMeasures() for _ in spans]
-    ocr_wanted = [set(ocr_frame_numbers(span)) for span in spans]
+    text_wanted = [
+        set(sample_frames(span.start_frame, span.end_frame, span.end_s - span.start_s))
+        for span in spans
+    ]
     colour_every = [
         max(1, (span.end_frame - span.start_frame) // _COLOUR_SAMPLES_PER_SCENE) for span in spans
     ]
@@ -111,49 +118,70 @@ def _measure_pictures(
     motion: list[list[float]] = [[] for _ in spans]
     colours: list[Counter[str]] = [Counter() for _ in spans]
     frames = max(1, spans[-1].end_frame - spans[0].start_frame) if spans else 1
+    # One reformatter per size and format: each keeps its FFmpeg scaler between frames.
+    to_gray, to_rgb, to_gate, to_full = (VideoReformatter() for _ in range(4))
+    width, height = stream.codec_context.width, stream.codec_context.height
     scene = 0
-    previous: npt.NDArray[np.float32] | None = None
-    try:
-        for number, frame in enumerate(container.decode(stream)):
-            while scene < len(spans) and number >= spans[scene].end_frame:
-                scene, previous = scene + 1, None
-            if scene == len(spans):
-                break
-            span = spans[scene]
-            small = np.asarray(
-                frame.to_ndarray(format="rgb24", width=_SMALL[0], height=_SMALL[1]),
-                dtype=np.uint8,
-            )
-            gray = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY).astype(np.float32)
-            luma[scene].append(float(gray.mean()) / 255)
-            if previous is not None:
-                motion[scene].append(float(np.abs(gray - previous).mean()) / 255)
-            previous = gray
-            sampled = (number - span.start_frame) % colour_every[scene] == 0
-            if sampled:
-                colours[scene].update(colour_names(small))
-            if number in ocr_wanted[scene]:
-                measures[scene].ocr_frames.append(number)
-                full = np.asarray(frame.to_ndarray(format="bgr24"), dtype=np.uint8)
-                measures[scene].text_lines.extend(read_text(full))
-                sampled = True
-            if sampled and progress is not None:
-                done = (number + 1 - spans[0].start_frame) / frames
-                progress(done, f"scene {span.index} of {len(spans)}")
-    except av.FFmpegError:
-        # The scan stage already judged this file whole; a damaged tail only costs the
-        # measurements of the frames it holds.
-        pass
-    for scene, result in enumerate(measures):
-        result.brightness = round(float(np.mean(luma[scene])), 3) if luma[scene] else 0.0
-        result.motion = round(float(np.mean(motion[scene])), 4) if motion[scene] else 0.0
-        total = sum(colours[scene].values())
+    previous: npt.NDArray[np.int16] | None = None
+    with TextReader(width, height) as reader:
+        gate_width, gate_height = reader.gate_size
+        try:
+            for number, frame in enumerate(container.decode(stream)):
+                while scene < len(spans) and number >= spans[scene].end_frame:
+                    scene, previous = scene + 1, None
+                if scene == len(spans):
+                    break
+                span = spans[scene]
+                gray = _array(to_gray.reformat(frame, _SMALL[0], _SMALL[1], "gray"))
+                luma[scene].append(float(gray.mean()) / 255)
+                current = gray.astype(np.int16)
+                if previous is not None:
+                    motion[scene].append(float(np.abs(current - previous).mean()) / 255)
+                previous = current
+                sampled = (number - span.start_frame) % colour_every[scene] == 0
+                if sampled:
+                    rgb = _array(to_rgb.reformat(frame, _SMALL[0], _SMALL[1], "rgb24"))
+                    colours[scene].update(colour_names(rgb))
+                if number in text_wanted[scene]:
+                    small = _array(to_gate.reformat(frame, gate_width, gate_height, "gray"))
+
+                    def full(frame: av.VideoFrame = frame) -> Image:
+                        return _array(to_full.reformat(frame, format="bgr24"))
+
+                    cost = reader.sample(number, span.time_of(number), small, full)
+                    measures[scene].ocr.add(cost)
+                    sampled = True
+                if sampled and progress is not None:
+                    done = (number + 1 - spans[0].start_frame) / frames
+                    progress(done, f"scene {span.index} of {len(spans)}")
+        except av.FFmpegError:
+            # The scan stage already judged this file whole; a damaged tail only costs
+            # the measurements of the frames it holds.
+            pass
+        if progress is not None:
+            progress(1.0, "the text read")
+        captions = reader.captions()
+        counters = reader.counters
+    for number, (span, result) in enumerate(zip(spans, measures, strict=True)):
+        result.brightness = round(float(np.mean(luma[number])), 3) if luma[number] else 0.0
+        result.motion = round(float(np.mean(motion[number])), 4) if motion[number] else 0.0
+        total = sum(colours[number].values())
         result.dominant_colors = [
             (name, round(count / total, 2))
-            for name, count in colours[scene].most_common()
+            for name, count in colours[number].most_common()
             if count / total >= _COLOUR_MIN_SHARE
         ][:3]
-    return measures
+        result.captions = [
+            caption
+            for caption in captions
+            if any(span.start_frame <= seen < span.end_frame for seen in caption.frames)
+        ]
+    return Measured(measures, captions, counters)
+
+
+def _array(frame: av.VideoFrame) -> Image:
+    """The pixels of a gray, RGB or BGR frame, without the padding at the end of rows."""
+    return np.asarray(frame.to_ndarray(), dtype=np.uint8)
 
 
 def colour_names(rgb: Image) -> list[str]:
@@ -182,35 +210,3 @@ _HUES: tuple[tuple[str, int, int], ...] = (
     ("pink", 290, 340),
     ("red", 340, 361),
 )
-
-
-def _loudness_per_scene(video: Path, spans: Sequence[SceneSpan]) -> list[float | None] | None:
-    """RMS level in dBFS of the first audio stream over each scene; None without audio."""
-    with av.open(str(video), metadata_errors="ignore") as container:
-        if not container.streams.audio:
-            return None
-        stream = container.streams.audio[0]
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=_AUDIO_RATE)
-        chunks: list[npt.NDArray[np.float32]] = []
-        try:
-            for frame in container.decode(stream):
-                chunks.extend(_mono(f) for f in resampler.resample(frame))
-            chunks.extend(_mono(f) for f in resampler.resample(None))
-        except av.FFmpegError:
-            pass  # as for pictures: measure what decodes
-    samples = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
-    levels: list[float | None] = []
-    for span in spans:
-        piece = samples[round(span.start_s * _AUDIO_RATE) : round(span.end_s * _AUDIO_RATE)]
-        if piece.size == 0:
-            levels.append(None)
-            continue
-        rms = float(np.sqrt(np.mean(np.square(piece, dtype=np.float64))))
-        levels.append(
-            round(max(_SILENCE_DBFS, 20 * math.log10(rms)) if rms > 0 else _SILENCE_DBFS, 1)
-        )
-    return levels
-
-
-def _mono(frame: av.AudioFrame) -> npt.NDArray[np.float32]:
-    return np.asarray(frame.to_ndarray(), dtype=np.float32).reshape(-1)

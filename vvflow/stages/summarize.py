@@ -73,7 +73,7 @@ from vvflow.stages.speech import (
 )
 
 #: 3: scenes carry ``audio`` (kind, shares, loudness) and ``speech``; ``ocr_frames`` is
-#: gone (the text reading is counted in ``text_reading``); captions come with times.
+#: gone (what reading the text cost is counted in ``ocr``); captions come with times.
 SCHEMA_VERSION = 3
 ANALYTIC = "analytic JSON (the scan stage's output)"
 
@@ -157,7 +157,7 @@ def summarize(
             analytic["scenes"], measured.scenes, sounds, said, strict=True
         )
     ]
-    captions = [caption.to_json() for caption in measured.captions]
+    captions = [caption.as_json() for caption in measured.captions]
     document: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "source": {
@@ -175,7 +175,7 @@ def summarize(
         "transcript": listening.to_json(words=False),
         "captions": captions,
         "on_screen_text": [caption["text"] for caption in captions],
-        "text_reading": measured.ocr,
+        "ocr": measured.ocr.as_json(),
         "summary": "",
         "generator": DETERMINISTIC,
         "llm": {},
@@ -356,6 +356,7 @@ def _scene_record(
         "audio_label": loudness_label(loudness),
         "speech": speech,
         "on_screen_text": [caption.text for caption in result.captions],
+        "ocr": result.ocr.as_json(),
         "description": "",
     }
 
