@@ -89,10 +89,9 @@ def test_the_three_stages_chain_into_a_logline(tmp_path: Path) -> None:
     document = json.loads(logline.read_text())
     text = document["logline"]
     assert_logline(text)
-    assert text == (
-        "A 3-second, fast-cut 3-scene video, moving through red, blue and green, with sound, "
-        'showing the on-screen text "HELLO".'
-    )
+    # The caption and the sound (a steady tone is music) say more than the colours.
+    assert text == 'A 3-second fast-cut montage set to music, with the on-screen text "HELLO".'
+    assert document["kind"] == "fast-cut montage set to music"
     assert document["word_count"] == len(text.split())
     assert document["generator"] == "deterministic"
     assert document["schema_version"] == 1

@@ -20,9 +20,9 @@ passes ``{scan_dir}``), else ``$VVFLOW_STAGE_SCAN_DIR``, else where a scan by ha
 them (``keyframes/<stem>`` under ``$VVFLOW_ROOT``, the root above ``analytic/``, or
 next to ANALYTIC).
 
-Progress (``vvflow:progress`` lines on stderr, see ``command.py``): the slower of the
-two passes (0 to 0.85), then each LLM request, at most every 0.5 s and 5 %; 1 when the
-output is written.
+Progress (``vvflow:progress`` lines on stderr, see ``command.py``): the mean of the two
+passes' shares (0 to 0.85, with the message of the one behind), then each LLM request,
+at most every 0.5 s and 5 %; 1 when the output is written.
 """
 
 from __future__ import annotations
@@ -213,8 +213,8 @@ def summarize(
 
 
 class _TwoPasses:
-    """Progress of the picture and the sound pass running at once: the slower one's
-    share (each reports from its own thread), then the LLM's steps."""
+    """Progress of the picture and the sound pass running at once: the mean of their
+    shares (each reports from its own thread), then the LLM's steps."""
 
     def __init__(self, progress: Progress) -> None:
         self._progress = progress
@@ -224,8 +224,9 @@ class _TwoPasses:
 
     def update(self) -> None:
         with self._lock:
-            track = min(self._shares, key=lambda k: self._shares[k])
-            self._progress.update(self._shares[track] * _PASSES_SHARE, self._messages[track])
+            behind = min(self._shares, key=lambda k: self._shares[k])
+            share = sum(self._shares.values()) / len(self._shares)
+            self._progress.update(share * _PASSES_SHARE, self._messages[behind])
 
     def track(self, name: str, what: str) -> Callable[[float, str], None]:
         def report(share: float, message: str) -> None:
