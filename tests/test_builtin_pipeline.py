@@ -49,7 +49,22 @@ def test_builtin_pipeline_on_a_generated_video(root: Root, tmp_path: Path) -> No
     assert root.report("open day.mp4")["stages"]["scan"]["output_dir"] == "keyframes/open day"
     summary = json.loads((root.path / "summaries" / "open day.summary.json").read_text())
     assert len(summary["scenes"]) == 3
-    assert "OPEN DAY" in json.dumps(summary).upper()
+    assert summary["on_screen_text"] == ["OPEN DAY"]
+    # The summarize stage's folder output: the editor outputs, published whole (no
+    # subtitles: nothing is said), pointing at the video where it ended.
+    exports = root.path / "exports" / "open day"
+    assert summary["exports"] == {
+        "chapters_vtt": "chapters.vtt",
+        "timeline_otio": "timeline.otio",
+        "edl": "scenes.edl",
+    }
+    assert sorted(p.name for p in exports.iterdir()) == sorted(summary["exports"].values())
+    assert root.report("open day.mp4")["stages"]["summarize"]["output_dir"] == "exports/open day"
+    timeline = (exports / "timeline.otio").read_text()
+    assert json.dumps("../../input/completed/open day.mp4") in timeline
+    assert (exports / timeline_target(timeline)).resolve() == (
+        root.folder("completed") / "open day.mp4"
+    ).resolve()
     logline = json.loads((root.path / "loglines" / "open day.logline.json").read_text())
     assert 0 < len(logline["logline"].split()) <= 35
     # Bad inputs are bad: one try, exit 65, a clear reason.
@@ -93,3 +108,11 @@ def test_unreachable_llm_falls_back_and_says_so(root: Root) -> None:
     summary = json.loads((root.path / "summaries" / "a.summary.json").read_text())
     assert summary["generator"] == "deterministic"
     assert summary["llm"]["used"] is False and summary["llm"]["fallback_reason"]
+
+
+def timeline_target(timeline: str) -> str:
+    """The media path the OTIO timeline's first clip points at."""
+    document = json.loads(timeline)
+    clip = document["tracks"]["children"][0]["children"][0]
+    reference = clip["media_references"][clip["active_media_reference_key"]]
+    return str(reference["target_url"])
