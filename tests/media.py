@@ -287,8 +287,14 @@ def _burn_caption(image: Frame, caption: Caption) -> None:
     thickness = max(1, round(scale * 1.5))
     (text_w, text_h), _ = cv2.getTextSize(caption.text, font, scale, thickness)
     origin = ((width - text_w) // 2, round(caption.at * height + text_h / 2))
-    cv2.putText(image, caption.text, origin, font, scale, (0, 0, 0), thickness + 3, cv2.LINE_AA)
-    cv2.putText(image, caption.text, origin, font, scale, (255, 255, 255), thickness, cv2.LINE_AA)
+    letters = np.zeros((height, width), np.uint8)
+    cv2.putText(letters, caption.text, origin, font, scale, 255, thickness, cv2.LINE_AA)
+    # The outline grows the letters themselves: a thicker stroke would be another
+    # weight of the font, with letters spaced otherwise.
+    side = 2 * max(1, round(height / 240)) + 1
+    outline = cv2.dilate(letters, np.ones((side, side), np.uint8))
+    image[:] = (image * (1 - outline[..., None] / 255.0)).astype(np.uint8)
+    image[:] = np.maximum(image, letters[..., None])
 
 
 def _write_tone(
