@@ -25,7 +25,7 @@ import av
 import cv2
 import numpy as np
 import numpy.typing as npt
-from av.video.reformatter import VideoReformatter
+from av.video.reformatter import Interpolation, VideoReformatter
 
 from vvflow.stages.command import BadInput
 from vvflow.stages.ocr import Caption, OcrCounters, TextReader, sample_frames
@@ -33,6 +33,7 @@ from vvflow.stages.ocr import Caption, OcrCounters, TextReader, sample_frames
 Image = npt.NDArray[np.uint8]
 
 _SMALL = (64, 36)  # measuring size: enough for averages, cheap to convert
+_AREA = Interpolation.AREA  # a mean of the pixels it scales down: cheaper than bilinear
 _COLOUR_SAMPLES_PER_SCENE = 12
 _COLOUR_MIN_SHARE = 0.1
 
@@ -122,7 +123,7 @@ def _measure_pictures(
     to_gray, to_rgb, to_gate, to_full = (VideoReformatter() for _ in range(4))
     width, height = stream.codec_context.width, stream.codec_context.height
     scene = 0
-    previous: npt.NDArray[np.int16] | None = None
+    previous: Image | None = None
     with TextReader(width, height) as reader:
         gate_width, gate_height = reader.gate_size
         try:
@@ -132,16 +133,17 @@ def _measure_pictures(
                 if scene == len(spans):
                     break
                 span = spans[scene]
-                gray = _array(to_gray.reformat(frame, _SMALL[0], _SMALL[1], "gray"))
-                luma[scene].append(float(gray.mean()) / 255)
-                current = gray.astype(np.int16)
+                gray = _array(
+                    to_gray.reformat(frame, _SMALL[0], _SMALL[1], "gray", interpolation=_AREA)
+                )
+                luma[scene].append(cv2.mean(gray)[0] / 255)
                 if previous is not None:
-                    motion[scene].append(float(np.abs(current - previous).mean()) / 255)
-                previous = current
+                    motion[scene].append(cv2.norm(gray, previous, cv2.NORM_L1) / gray.size / 255)
+                previous = gray
                 sampled = (number - span.start_frame) % colour_every[scene] == 0
                 if sampled:
                     rgb = _array(to_rgb.reformat(frame, _SMALL[0], _SMALL[1], "rgb24"))
-                    colours[scene].update(colour_names(rgb))
+                    colours[scene].update(colour_counts(rgb))
                 if number in text_wanted[scene]:
                     small = _array(to_gate.reformat(frame, gate_width, gate_height, "gray"))
 
@@ -184,19 +186,21 @@ def _array(frame: av.VideoFrame) -> Image:
     return np.asarray(frame.to_ndarray(), dtype=np.uint8)
 
 
-def colour_names(rgb: Image) -> list[str]:
-    """The colour name of every pixel of an RGB image, from its hue, saturation and value."""
+def colour_counts(rgb: Image) -> Counter[str]:
+    """How many pixels of an RGB image have each colour name, from their hue, saturation
+    and value."""
     hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV_FULL).reshape(-1, 3).astype(np.int32)
     hue = hsv[:, 0] * 360 // 256
     sat, val = hsv[:, 1], hsv[:, 2]
-    names = np.full(hue.shape, "gray", dtype=object)
+    names = np.zeros(hue.shape, dtype=np.intp)  # indices into _NAMES: gray
     chromatic = (sat >= 64) & (val >= 50)
     for name, low, high in _HUES:
-        names[chromatic & (hue >= low) & (hue < high)] = name
-    names[chromatic & (hue >= 15) & (hue < 45) & (val < 140)] = "brown"
-    names[~chromatic & (val < 50)] = "black"
-    names[~chromatic & (val >= 50) & (sat < 64) & (val > 200)] = "white"
-    return [str(name) for name in names]
+        names[chromatic & (hue >= low) & (hue < high)] = _NAMES.index(name)
+    names[chromatic & (hue >= 15) & (hue < 45) & (val < 140)] = _NAMES.index("brown")
+    names[~chromatic & (val < 50)] = _NAMES.index("black")
+    names[~chromatic & (val >= 50) & (sat < 64) & (val > 200)] = _NAMES.index("white")
+    counts = np.bincount(names, minlength=len(_NAMES))
+    return Counter({name: int(count) for name, count in zip(_NAMES, counts, strict=True) if count})
 
 
 _HUES: tuple[tuple[str, int, int], ...] = (
@@ -210,3 +214,4 @@ _HUES: tuple[tuple[str, int, int], ...] = (
     ("pink", 290, 340),
     ("red", 340, 361),
 )
+_NAMES = ("gray", *dict.fromkeys(name for name, _, _ in _HUES), "brown", "black", "white")
