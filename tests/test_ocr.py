@@ -476,6 +476,18 @@ def test_two_spellings_of_one_caption_keep_the_best_scored() -> None:
     assert caption.score == pytest.approx(0.99)
 
 
+def test_captions_that_differ_in_their_numbers_stay_apart() -> None:
+    captions = accept(
+        [
+            reading(("Question 1 of 10", 0.99), at=1.0),
+            reading(("Question 2 of 10", 0.99), at=2.0),
+            reading(("OPEN DAY 20", 0.95), at=5.0, seen=1),  # revealed, then whole
+            reading(("OPEN DAY 2024", 0.99), at=5.5),
+        ]
+    )
+    assert texts(captions) == ["Question 1 of 10", "Question 2 of 10", "OPEN DAY 2024"]
+
+
 def test_captions_come_in_order_of_first_appearance() -> None:
     captions = accept(
         [

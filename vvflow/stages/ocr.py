@@ -1,21 +1,20 @@
-"""On-screen text: a cheap gate says where text can be, RapidOCR reads each distinct caption
-once, and a filter keeps what a person would agree is on screen.
+"""On-screen text: a cheap gate says where text can be, RapidOCR's models read each
+distinct caption once, and a filter keeps what a person would agree is on screen.
 
 ``measure.py`` drives it over the frames it samples (every ``SAMPLE_SECONDS``, at least
 one per scene) during its single decode, through one ``TextReader`` per video:
 
 - ``text_regions(gray)`` is the gate: on a small gray copy of the frame (``GATE_WIDTH``
-  wide, at that scale and at half of it), edges that a horizontal closing joins into
-  line-shaped boxes, kept when they stand out from their surroundings and hold at least
-  three letter-like shapes of one polarity, aligned on a line. A frame without any goes
-  to no OCR at all.
+  wide; and at a half, a quarter and an eighth of that for large titles), edges that a
+  horizontal closing joins into line-shaped boxes, kept when they stand out from their
+  surroundings and hold at least three letter-like shapes of one polarity, aligned on a
+  line. A frame without any goes to no OCR at all.
 - ``CaptionTracker`` groups a frame's lines into blocks and tells which need reading: a
   block in the same place with the same binarised content as one already read is
   another sighting of that reading, not a new reading.
-- ``read_lines(image)`` runs RapidOCR (its ONNX models ship inside its wheel, nothing is
-  downloaded) on a crop around one block, scaled so that its lines are about
-  ``_LINE_HEIGHT`` pixels tall: its detector and recogniser, without the angle
-  classifier (captions are upright).
+- ``read_lines(image)`` runs RapidOCR's text detector and recogniser (the ONNX models in
+  the rapidocr wheel: nothing is downloaded) with onnxruntime on a crop around one
+  block, scaled so that its lines are about ``_LINE_HEIGHT`` pixels tall.
 - ``accept(readings)`` makes the captions: lines cleaned (Unicode NFKC, stray symbols
   dropped, lines under ``LINE_SCORE`` dropped), one script per caption, one spelling per
   caption (a caption read partially in one frame and fully in another keeps the
@@ -35,7 +34,6 @@ import difflib
 import functools
 import importlib.util
 import math
-import threading
 import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -275,16 +273,6 @@ def _together(a: Box, b: Box, line: int) -> bool:
     side_by_side = down >= 0.5 * min(a.height, b.height) and across >= -2 * line
     stacked = across > 0 and down >= -0.8 * line
     return side_by_side or stacked
-
-
-@dataclass
-class Sighting:
-    """A block seen in a sampled frame that is not another sighting of a block read
-    before: it is to be read (``Track.lines`` then holds the reading)."""
-
-    block: Block
-    frame: int
-    time_s: float
 
 
 @dataclass
@@ -528,7 +516,6 @@ class TextReader:
         self._scale = frame_width / self.gate_size[0]
         self._tracker = CaptionTracker()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vvflow-ocr")
-        self._lock = threading.Lock()
         self.counters = OcrCounters()
 
     def __enter__(self) -> TextReader:
@@ -708,8 +695,12 @@ def _candidate(reading: Reading) -> _Candidate | None:
 
 def _same_caption(a: _Candidate, b: _Candidate) -> bool:
     """One spelling of the other, or (close in time and place) one completing the other:
-    a caption revealed a little at a time, or read in part."""
+    a caption revealed a little at a time, or read in part. Never two numbers apart
+    ("Question 1 of 10", "Question 2 of 10")."""
     if a.script != b.script:
+        return False
+    digits_a, digits_b = _digits(a.key), _digits(b.key)
+    if not (digits_a.startswith(digits_b) or digits_b.startswith(digits_a)):
         return False
     ratio = difflib.SequenceMatcher(None, a.key, b.key, autojunk=False)
     if ratio.ratio() >= _MIN_SAME:
@@ -725,6 +716,10 @@ def _same_caption(a: _Candidate, b: _Candidate) -> bool:
     short = min(len(a.key), len(b.key))
     matched = sum(block.size for block in ratio.get_matching_blocks())
     return short >= 3 and matched >= _MIN_SAME * short
+
+
+def _digits(key: str) -> str:
+    return "".join(ch for ch in key if ch.isdigit())
 
 
 def _merge_into(captions: list[_Candidate], candidate: _Candidate) -> None:
