@@ -285,16 +285,21 @@ def _burn_caption(image: Frame, caption: Caption) -> None:
     (_, unit_h), _ = cv2.getTextSize("X", font, 1.0, 1)
     scale = caption.size * height / unit_h
     thickness = max(1, round(scale * 1.5))
-    (text_w, text_h), _ = cv2.getTextSize(caption.text, font, scale, thickness)
+    (text_w, text_h), baseline = cv2.getTextSize(caption.text, font, scale, thickness)
     origin = ((width - text_w) // 2, round(caption.at * height + text_h / 2))
-    letters = np.zeros((height, width), np.uint8)
-    cv2.putText(letters, caption.text, origin, font, scale, 255, thickness, cv2.LINE_AA)
+    # Drawn in a band of rows around the text only: a whole frame costs much more.
+    top = max(0, origin[1] - 2 * text_h)
+    bottom = min(height, origin[1] + baseline + text_h)
+    band = image[top:bottom]
+    letters = np.zeros(band.shape[:2], np.uint8)
+    where = (origin[0], origin[1] - top)
+    cv2.putText(letters, caption.text, where, font, scale, 255, thickness, cv2.LINE_AA)
     # The outline grows the letters themselves: a thicker stroke would be another
     # weight of the font, with letters spaced otherwise.
     side = 2 * max(1, round(height / 240)) + 1
     outline = cv2.dilate(letters, np.ones((side, side), np.uint8))
-    image[:] = (image * (1 - outline[..., None] / 255.0)).astype(np.uint8)
-    image[:] = np.maximum(image, letters[..., None])
+    band[:] = (band * (1 - outline[..., None] / 255.0)).astype(np.uint8)
+    band[:] = np.maximum(band, letters[..., None])
 
 
 def _write_tone(
