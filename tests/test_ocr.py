@@ -551,10 +551,9 @@ def test_a_caption_seen_over_two_seconds_is_read_once(captioned: Measured) -> No
     counters = captioned.ocr
     assert counters.frames_sampled == 15  # every half second: 5 in each shot
     assert counters.frames_with_text >= 10
-    # The first caption once, the second once revealed and once whole: three crops,
-    # and at most once more where a cut changed what surrounds a caption.
-    assert 3 <= counters.regions_read <= 4
-    assert counters.frames_read == counters.regions_read
+    # The first caption once (over a cut too), the second once revealed and once whole.
+    assert counters.regions_read == 3
+    assert counters.frames_read == 3
 
 
 def test_scenes_list_the_captions_shown_during_them(captioned: Measured) -> None:

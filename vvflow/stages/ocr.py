@@ -10,8 +10,9 @@ one per scene) during its single decode, through one ``TextReader`` per video:
   surroundings and hold at least three letter-like shapes of one polarity, aligned on a
   line. A frame without any goes to no OCR at all.
 - ``CaptionTracker`` groups a frame's lines into blocks and tells which need reading: a
-  block in the same place with the same binarised content as one already read is
-  another sighting of that reading, not a new reading.
+  block in the same place with the same strong edges (the gradient, binarised: the
+  letters' outlines, whatever is behind them) as one already read is another sighting
+  of that reading, not a new reading.
 - ``read_lines(image)`` runs RapidOCR's text detector and recogniser (the ONNX models in
   the rapidocr wheel: nothing is downloaded) with onnxruntime on a crop around one
   block, scaled so that its lines are about ``_LINE_HEIGHT`` pixels tall.
@@ -238,7 +239,8 @@ def _letters_in_line(crop: Image) -> bool:
 # -- one reading per caption -------------------------------------------------------------
 
 _SAME_PLACE = 0.7  # intersection over union of two sightings of one block
-_SAME_CONTENT = 0.1  # at most this share of its binarised pixels differ
+_SAME_CONTENT = 0.3  # at most this share of the edge pixels of either sighting differ
+_EDGE_LEVEL = 64
 
 
 @dataclass
@@ -281,7 +283,7 @@ class Track:
 
     box: Box  # in the gate's pixels
     line_height: int
-    mask: Image  # its binarised pixels when read
+    mask: npt.NDArray[np.bool_]  # its strong edges when read
     frames: list[int] = field(default_factory=list)
     times: list[float] = field(default_factory=list)
     lines: Future[list[Line]] | None = None
@@ -312,15 +314,18 @@ class CaptionTracker:
         for track in reversed(self.tracks):  # the latest first: captions come and go
             if track.box.iou(box) < _SAME_PLACE:
                 continue
-            differing = np.count_nonzero(_mask(gray, track.box) != track.mask)
-            if differing <= _SAME_CONTENT * track.mask.size:
+            mask = _mask(gray, track.box)
+            differing = int(np.count_nonzero(mask != track.mask))
+            if differing <= _SAME_CONTENT * max(1, int(np.count_nonzero(mask | track.mask))):
                 return track
         return None
 
 
-def _mask(gray: Image, box: Box) -> Image:
+def _mask(gray: Image, box: Box) -> npt.NDArray[np.bool_]:
+    """The strong edges in ``box``: the letters' outlines, whatever is behind them."""
     crop = gray[box.y : box.bottom, box.x : box.right]
-    return np.asarray(cv2.threshold(crop, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)[1])
+    edges = np.asarray(cv2.morphologyEx(crop, cv2.MORPH_GRADIENT, _GRADIENT))
+    return np.asarray(edges >= _EDGE_LEVEL, dtype=np.bool_)
 
 
 # -- reading with RapidOCR's models -------------------------------------------------------
