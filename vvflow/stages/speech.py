@@ -56,6 +56,7 @@ import numpy as np
 import numpy.typing as npt
 
 from vvflow.stages.command import BadInput, env_default
+from vvflow.stages.exports import LINE_COLUMNS
 
 Samples = npt.NDArray[np.float32]
 Span = tuple[float, float]
@@ -111,7 +112,9 @@ _VAD_PIECE_S = 300.0
 _VAD_SHARE = 0.1
 
 #: Subtitles: a cue holds at most this many characters and seconds.
-CUE_CHARS = 84
+#: (Two lines of exports.LINE_COLUMNS, less slack for wrapping at word boundaries: a cue
+#: that needs a third line is split again by exports, at a time it can only guess.)
+CUE_CHARS = 2 * LINE_COLUMNS - 12
 CUE_SECONDS = 7.0
 
 

@@ -200,8 +200,10 @@ def summarize(
                 folder,
                 name=name,
                 scenes=[
-                    {**record, "title": _title(scene)}
-                    for record, scene in zip(analytic["scenes"], scenes, strict=True)
+                    {**record, "title": title, "description": scene["description"]}
+                    for record, scene, title in zip(
+                        analytic["scenes"], scenes, _titles(scenes), strict=True
+                    )
                 ],
                 rate=rate_of(_object(analytic, "video")),
                 duration_s=analytic.get("duration_s"),
@@ -407,14 +409,24 @@ def _size(analytic: dict[str, Any]) -> str | None:
     return f"{width}x{height}" if width and height else None
 
 
-def _title(scene: dict[str, Any]) -> str:
-    """A chapter title: the scene's first caption, else its first words said."""
-    if scene["on_screen_text"]:
-        return str(scene["on_screen_text"][0])
-    words = str(scene["speech"]).split()
-    if words:
-        return " ".join(words[:8]) + ("…" if len(words) > 8 else "")
-    return f"Scene {scene['index']}"
+def _titles(scenes: list[dict[str, Any]]) -> list[str]:
+    """A chapter title per scene: a caption that appears in it (not one carried over from
+    the scene before, such as a channel's name shown throughout), else its first words
+    said, else a caption it shares, else ``Scene N``."""
+    titles = []
+    before: list[str] = []
+    for scene in scenes:
+        captions = [str(text) for text in scene["on_screen_text"]]
+        new = [text for text in captions if text not in before]
+        words = str(scene["speech"]).split()
+        if new:
+            titles.append(new[0])
+        elif words:
+            titles.append(" ".join(words[:8]) + ("…" if len(words) > 8 else ""))
+        else:
+            titles.append(captions[0] if captions else f"Scene {scene['index']}")
+        before = captions
+    return titles
 
 
 def _exports_target(given: Path | None, output: Path | None, stem: str) -> Path | None:
