@@ -288,13 +288,23 @@ def words(text: str) -> str:
     return " ".join(text.casefold().split())
 
 
+@pytest.fixture(scope="module")
+def text_frames() -> dict[str, Frame]:
+    return {name: make() for name, (make, _, _) in WITH_TEXT.items()}
+
+
+@pytest.fixture(scope="module")
+def textless_frames() -> dict[str, Frame]:
+    return {name: make() for name, make in WITHOUT_TEXT.items()}
+
+
 # -- the gate ----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", list(WITH_TEXT))
-def test_the_gate_finds_text_that_is_there(name: str) -> None:
-    make, _, at = WITH_TEXT[name]
-    gray = gate_gray(make())
+def test_the_gate_finds_text_that_is_there(text_frames: dict[str, Frame], name: str) -> None:
+    _, _, at = WITH_TEXT[name]
+    gray = gate_gray(text_frames[name])
 
     regions = text_regions(gray)
 
@@ -304,8 +314,10 @@ def test_the_gate_finds_text_that_is_there(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", list(WITHOUT_TEXT))
-def test_the_gate_finds_nothing_in_textures_noise_faces_and_motion(name: str) -> None:
-    assert text_regions(gate_gray(WITHOUT_TEXT[name]())) == []
+def test_the_gate_finds_nothing_in_textures_noise_faces_and_motion(
+    textless_frames: dict[str, Frame], name: str
+) -> None:
+    assert text_regions(gate_gray(textless_frames[name])) == []
 
 
 def test_lines_of_one_caption_make_one_block_and_separate_captions_two() -> None:
@@ -324,11 +336,10 @@ def test_lines_of_one_caption_make_one_block_and_separate_captions_two() -> None
 
 
 @pytest.fixture(scope="module")
-def readings() -> dict[str, list[Line]]:
+def readings(text_frames: dict[str, Frame]) -> dict[str, list[Line]]:
     """What RapidOCR's models read in the crops around each frame's blocks."""
     read: dict[str, list[Line]] = {}
-    for name, (make, _, _) in WITH_TEXT.items():
-        image = make()
+    for name, image in text_frames.items():
         gray = gate_gray(image)
         scale = image.shape[1] / gray.shape[1]
         read[name] = [
@@ -348,10 +359,11 @@ def test_text_that_is_there_is_read(readings: dict[str, list[Line]], name: str) 
     assert all(line.score > 0.9 for line in readings[name] if words(line.text) == words(text))
 
 
-def test_frames_without_text_give_no_captions_and_cost_no_reading() -> None:
+def test_frames_without_text_give_no_captions_and_cost_no_reading(
+    textless_frames: dict[str, Frame],
+) -> None:
     with TextReader(WIDTH, HEIGHT) as reader:
-        for number, make in enumerate(WITHOUT_TEXT.values()):
-            image = make()
+        for number, image in enumerate(textless_frames.values()):
             for repeat in range(2):  # each seen twice, as a still shot would be
                 frame = 2 * number + repeat
 
