@@ -6,6 +6,7 @@ import itertools
 import json
 import os
 from collections.abc import Callable
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,9 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 import pytest
+from scenedetect import ContentDetector, FrameTimecode  # type: ignore[import-untyped]
 
+from tests.footage import Footage, make_footage
 from tests.media import (
     PALETTE,
     PALETTE_NAMES,
@@ -27,6 +30,7 @@ from tests.media import (
 from tests.stage_support import other_lines, progress_of, run_stage
 from vvflow.stages import STAGES
 from vvflow.stages.command import Progress, report_progress
+from vvflow.stages.scan import _Keyframes, _Shrink
 
 
 def nearest_palette_colour(bgr: npt.NDArray[np.uint8]) -> str:
@@ -253,7 +257,7 @@ def test_options_come_from_flags_else_environment(
         "detector": "hash",
         "threshold": 0.395,
         "min_scene_seconds": 0.3,
-        "backend": "opencv",
+        "backend": "pyav",
     }
 
 
@@ -292,21 +296,10 @@ def test_cli_reports_progress_on_stderr_and_writes_the_same_output(tmp_path: Pat
         "cli.analytic.json",
         "cli.mp4",
     ]
-    # The same document as a run without a progress line: only which frame near a
-    # scene's middle is its keyframe may differ from run to run (the sampler sees frames
-    # and cuts from two threads), so that frame is left out of the comparison.
-    assert _without_keyframe_frames(document) == _without_keyframe_frames(
-        scan(video, tmp_path / "again.analytic.json")
-    )
+    # The same document as a run without a progress line, keyframes included: frames
+    # and cuts reach the sampler from one thread, in the same order every run.
+    assert document == scan(video, tmp_path / "again.analytic.json")
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
-
-
-def _without_keyframe_frames(document: dict[str, Any]) -> dict[str, Any]:
-    scenes = [
-        {k: v for k, v in scene.items() if k not in {"keyframe_frame", "keyframe_s"}}
-        for scene in document["scenes"]
-    ]
-    return {**document, "scenes": scenes}
 
 
 def test_progress_lines_wait_for_half_a_second_and_five_percent(
@@ -415,3 +408,257 @@ def test_usage_error_exits_2(tmp_path: Path) -> None:
     result = run_stage("scan", "a.mp4", "b.json", env={"VVFLOW_SCAN_DETECTOR": "nope"})
     assert result.returncode == 2
     assert "unknown detector 'nope'" in result.stderr
+
+
+# -- the same cuts as the OpenCV backend found, from PyAV's frames ---------------------
+
+# Short videos that look like footage (texture, grain, a panning camera, a moving
+# object; CABAC and B-frames), made once per module: one per case the detectors could
+# tell apart if the frames they see changed.
+FOOTAGE: dict[str, dict[str, Any]] = {
+    "hard": {"seconds": 4, "cuts": 5},
+    "fades": {"seconds": 4, "cuts": 3, "fades": (1, 3), "fade_frames": 9, "seed": 2},
+    "flashes": {"seconds": 4, "cuts": 2, "flashes": (20, 70, 100), "seed": 3},
+    # 29.97 fps, and a whole shrinking factor of 5 (chroma taken at uneven places).
+    "ntsc": {
+        "seconds": 3,
+        "width": 640,
+        "height": 360,
+        "fps": Fraction(30000, 1001),
+        "cuts": 3,
+        "seed": 4,
+    },
+    # Cinemascope 640x272 in Matroska: 272 / 5 is not whole (bilinear between rows).
+    "scope": {"seconds": 3, "width": 640, "height": 272, "fps": 24, "cuts": 3, "seed": 5},
+    "phone": {"seconds": 3, "cuts": 2, "rotation": 90, "seed": 6},  # shot upright
+    "grain": {"seconds": 3, "fps": 25, "cuts": 3, "grain": 30, "seed": 7},
+}
+_SUFFIX = {"scope": ".mkv"}
+
+# Where the scan put the cuts with PySceneDetect's OpenCV backend (vvflow 0.x before
+# PyAV decoded): every hard cut where the generator put it; fades and flashes where
+# the detectors place them (a flash is a cut to the content detector, as it was).
+EXPECTED_CUTS: list[tuple[str, str, list[int]]] = [
+    ("hard", "content", [20, 40, 60, 80, 100]),
+    ("hard", "adaptive", [20, 40, 60, 80, 100]),
+    ("hard", "hash", [20, 40, 60, 80, 100]),
+    ("hard", "threshold", []),
+    ("fades", "content", [28, 60, 89]),
+    ("fades", "adaptive", [60]),
+    ("fades", "threshold", [30, 90]),
+    ("fades", "hash", [29, 60, 89]),
+    ("flashes", "content", [20, 40, 70, 102]),
+    ("flashes", "adaptive", [40, 80]),
+    ("ntsc", "content", [22, 45, 68]),
+    ("scope", "content", [18, 36, 54]),
+    ("scope", "hash", [18, 36, 54]),
+    ("phone", "content", [30, 60]),
+    ("grain", "content", [19, 38, 56]),
+    ("grain", "hash", [19, 38, 56]),
+]
+
+
+@pytest.fixture(scope="module")
+def footage(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Footage]:
+    folder = tmp_path_factory.mktemp("footage")
+    made: dict[str, Footage] = {}
+
+    def get(name: str) -> Footage:
+        if name not in made:
+            arguments = {"width": 320, "height": 180, "fps": 30, **FOOTAGE[name]}
+            made[name] = make_footage(folder / f"{name}{_SUFFIX.get(name, '.mp4')}", **arguments)
+        return made[name]
+
+    return get
+
+
+@pytest.mark.parametrize(("name", "detector", "expected"), EXPECTED_CUTS)
+def test_cuts_stay_where_the_opencv_backend_put_them(
+    tmp_path: Path,
+    footage: Callable[[str], Footage],
+    name: str,
+    detector: str,
+    expected: list[int],
+) -> None:
+    video = footage(name)
+    if name in {"hard", "ntsc", "scope", "phone", "grain"} and detector != "threshold":
+        assert expected == video.cuts  # hard cuts only: all of them, exactly
+
+    document = scan(video.path, tmp_path / "a.json", "--detector", detector)
+
+    scenes = document["scenes"]
+    assert [s["start_frame"] for s in scenes[1:]] == expected
+    assert document["video"]["frame_count"] == video.frames
+    assert (scenes[0]["start_frame"], scenes[-1]["end_frame"]) == (0, video.frames)
+    for scene in scenes:
+        assert scene["start_s"] == round(scene["start_frame"] / float(video.fps), 3)
+        assert scene["start_frame"] <= scene["keyframe_frame"] < scene["end_frame"]
+    assert document["detection"]["backend"] == "pyav"
+
+
+def test_ntsc_timecodes_count_29_97_frames_a_second(
+    tmp_path: Path, footage: Callable[[str], Footage]
+) -> None:
+    document = scan(footage("ntsc").path, tmp_path / "a.json")
+
+    assert document["video"]["fps"] == 29.97
+    third = document["scenes"][3]
+    assert third["start_frame"] == 68
+    assert third["start_s"] == 2.269  # 68 * 1001 / 30000
+    assert third["start_timecode"] == "00:00:02.269"
+    assert document["scenes"][-1]["end_timecode"] == "00:00:03.003"  # 90 frames
+
+
+def test_keyframes_of_a_phone_video_stand_upright(
+    tmp_path: Path, footage: Callable[[str], Footage]
+) -> None:
+    folder = tmp_path / "k"
+
+    document = scan(footage("phone").path, tmp_path / "a.json", "--keyframes-dir", str(folder))
+
+    assert (document["video"]["width"], document["video"]["height"]) == (320, 180)  # stored
+    for scene in document["scenes"]:
+        image = cv2.imread(str(folder / scene["keyframe"]))
+        assert image is not None
+        assert image.shape == (320, 180, 3)  # shown: turned a quarter anticlockwise
+    sheet = cv2.imread(str(folder / "contact-sheet.jpg"))
+    assert sheet is not None
+    assert sheet.shape[0] > sheet.shape[1] / 3  # three portrait tiles in a row
+
+
+def _opencv_detection_frames(video: Path) -> list[npt.NDArray[np.uint8]]:
+    """The frames PySceneDetect's SceneManager gave its detectors with the OpenCV
+    backend: OpenCV's BGR frames (upright), shrunk by a whole factor, bilinear."""
+    capture = cv2.VideoCapture(str(video))
+    frames = []
+    while True:
+        ok, image = capture.read()
+        if not ok:
+            break
+        height, width = image.shape[:2]
+        factor = max(1, max(width, height) // 128)
+        if factor > 1:
+            size = (round(width / factor), round(height / factor))
+            image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+        frames.append(np.asarray(image, dtype=np.uint8))
+    return frames
+
+
+def _detection_frames(video: Path, *, exact: bool) -> list[npt.NDArray[np.uint8]]:
+    frames = []
+    shrink = None
+    with av.open(str(video)) as container:
+        for frame in container.decode(video=0):
+            shrink = shrink or _Shrink(frame, exact=exact)
+            small = shrink(frame)
+            assert small is not None
+            frames.append(small)
+    return frames
+
+
+def _tagged_video(path: Path, pix_fmt: str, colorspace: int = 2, color_range: int = 0) -> Path:
+    """Four frames of colour gradients and a dark block in ``pix_fmt``, tagged with
+    FFmpeg's colour space and range numbers (1: BT.709; range 2: full)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 320, 240, pix_fmt
+        stream.codec_context.colorspace = colorspace
+        stream.codec_context.color_range = color_range
+        for number in range(4):
+            image = np.empty((240, 320, 3), np.uint8)
+            image[:, :, 0] = np.linspace(30, 220, 320)[None, :]
+            image[:, :, 1] = 50 + 30 * number
+            image[:, :, 2] = np.linspace(40, 200, 240)[:, None]
+            image[60:120, 100:200] = (12, 14, 10)
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format=pix_fmt)
+            frame.pts, frame.time_base = number, Fraction(1, 10)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda f, p: f("hard").path, id="320x180-halved"),
+        pytest.param(lambda f, p: f("ntsc").path, id="640x360-fifth"),
+        pytest.param(lambda f, p: f("scope").path, id="640x272-uneven"),
+        pytest.param(lambda f, p: f("phone").path, id="rotated"),
+        pytest.param(lambda f, p: _tagged_video(p / "j.mp4", "yuvj420p", 2, 2), id="full-range"),
+        pytest.param(lambda f, p: _tagged_video(p / "709.mp4", "yuv420p", 1, 1), id="bt709"),
+        pytest.param(lambda f, p: _tagged_video(p / "422.mkv", "yuv422p"), id="4:2:2"),
+        pytest.param(lambda f, p: _tagged_video(p / "444.mkv", "yuv444p"), id="4:4:4"),
+    ],
+)
+def test_detectors_see_opencvs_frames_exactly_or_within_two_levels(
+    tmp_path: Path,
+    footage: Callable[[str], Footage],
+    make: Callable[[Callable[[str], Footage], Path], Path],
+) -> None:
+    video = make(footage, tmp_path)
+    reference = _opencv_detection_frames(video)
+
+    exact = _detection_frames(video, exact=True)
+    quick = _detection_frames(video, exact=False)
+
+    assert len(exact) == len(quick) == len(reference)
+    for before, same, near in zip(reference, exact, quick, strict=True):
+        assert np.array_equal(same, before)  # what the hash detector gets
+        assert near.shape == before.shape
+        difference = np.abs(near.astype(np.int16) - before)
+        # Within 2 levels but where a channel clips between the 2 x 2 pixels averaged.
+        assert np.mean(difference <= 2) > 0.995, np.max(difference)
+    # The content detector's score, which weighs hue, saturation and brightness.
+    assert _content_scores(quick) == pytest.approx(_content_scores(reference), abs=1.0)
+
+
+def _content_scores(frames: list[npt.NDArray[np.uint8]]) -> list[float]:
+    detector = ContentDetector()
+    rate = Fraction(30)
+    scores = []
+    for number, image in enumerate(frames):
+        detector.process_frame(FrameTimecode(number, rate), image)
+        scores.append(float(detector._frame_score or 0.0))
+    return scores
+
+
+def test_a_large_video_keeps_shrunk_frames_and_writes_1280_keyframes(tmp_path: Path) -> None:
+    video = make_video(tmp_path / "big.mp4", seconds=1.0, fps=6, cuts=1, width=2048, height=1152)
+    folder = tmp_path / "k"
+
+    document = scan(video, tmp_path / "big.json", "--keyframes-dir", str(folder))
+
+    assert [s["start_frame"] for s in document["scenes"]] == [0, 3]
+    for scene, colour in zip(document["scenes"], segment_colour_names(1), strict=True):
+        image = cv2.imread(str(folder / scene["keyframe"]))
+        assert image is not None
+        assert image.shape == (720, 1280, 3)
+        assert nearest_palette_colour(image.astype(np.uint8)) == colour
+
+
+def test_a_scene_not_seen_closing_gets_its_keyframe_by_seeking(
+    tmp_path: Path, footage: Callable[[str], Footage]
+) -> None:
+    video = footage("hard")
+    scene = {"index": 1, "start_frame": 40, "end_frame": 60, "start_timecode": "00:00:01.333"}
+
+    with _Keyframes(tmp_path, video.path) as keyframes:  # nothing sampled: seek
+        tiles = keyframes.finish([scene], video.fps)
+
+    assert scene["keyframe"] == "scene-001.jpg"
+    assert scene["keyframe_frame"] == 49  # the middle frame
+    assert scene["keyframe_s"] == round(49 / 30, 3)
+    saved = cv2.imread(str(tmp_path / "scene-001.jpg"))
+    middle = _opencv_frame(video.path, 49)
+    assert saved is not None
+    assert np.mean(np.abs(saved.astype(np.int16) - middle)) < 3  # that frame, as a JPEG
+    assert len(tiles) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scene-001.jpg"]
+
+
+def _opencv_frame(video: Path, number: int) -> npt.NDArray[np.uint8]:
+    capture = cv2.VideoCapture(str(video))
+    for _ in range(number + 1):
+        ok, image = capture.read()
+        assert ok
+    return np.asarray(image, dtype=np.uint8)

@@ -10,11 +10,10 @@ import os
 import secrets
 import shutil
 import tempfile
-import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 import cv2
 import numpy as np
@@ -22,6 +21,7 @@ import numpy.typing as npt
 
 Image = npt.NDArray[np.uint8]
 _T = TypeVar("_T")
+_I = TypeVar("_I")
 
 CONTACT_SHEET_NAME = "contact-sheet.jpg"
 JPEG_QUALITY = 88
@@ -111,90 +111,70 @@ def nearest_to_middle(frames: Iterable[int], start: int, end: int) -> int | None
 
 
 @dataclass(frozen=True)
-class Candidate:
-    """A frame kept as a possible keyframe: its number and its image (BGR)."""
+class Candidate(Generic[_I]):
+    """A frame kept as a possible keyframe: its number and its image, in whatever form
+    the caller keeps it (the scan keeps the decoder's own frame, not yet converted)."""
 
     frame: int
-    image: Image
+    image: _I
 
 
-class KeyframeSampler:
+class KeyframeSampler(Generic[_I]):
     """Keeps frames near the middle of every scene during the single detection pass.
 
     A cut is known only after the frames that follow it were seen, so the open scene
     keeps at most ``per_scene`` frames, evenly spaced from its start: when it has more,
-    every other one goes and the spacing doubles. Memory holds about ``per_scene``
-    frames of at most ``max_side`` pixels whatever the length of the video, and no frame
-    is decoded twice (seeking back for each scene's middle cost more than detection).
+    every other one goes and the spacing doubles. It holds about twice ``per_scene``
+    frames whatever the length of the video, and no frame is decoded twice (seeking back
+    for each scene's middle cost more than detection).
 
-    Kept frames are copied into buffers that are recycled: holding on to the decoder's
-    own arrays, a few at a time, scattered its allocations over fresh memory, and the
-    page faults slowed decoding by about a third.
+    ``offer`` takes a function that makes the image, called only for the frames kept:
+    about ``per_scene + 4 log2(n / per_scene)`` of a scene of n frames (22 of 90), so
+    that a costly conversion is paid for those alone. Not thread-safe: frames and cuts
+    come from one thread.
     """
 
-    def __init__(
-        self, per_scene: int = CANDIDATES_PER_SCENE, max_side: int = KEYFRAME_MAX_SIDE
-    ) -> None:
+    def __init__(self, per_scene: int = CANDIDATES_PER_SCENE) -> None:
         self._per_scene = max(2, per_scene)
-        self._max_side = max_side
-        self._candidates: list[Candidate] = []
-        self._spare: list[Image] = []
+        self._candidates: list[Candidate[_I]] = []
         self._start: int | None = None  # first frame of the open scene
         self._stride = 1
         self._due = 0  # the next frame number to keep
-        # Frames come from the decoding thread, cuts from the detecting one.
-        self._lock = threading.Lock()
 
-    def offer(self, frame: int, image: Image) -> None:
-        """See frame number ``frame`` (in increasing order); keep a copy if it is due."""
-        with self._lock:
-            if self._start is None:
-                self._start = self._due = frame
-            if frame < self._due:
-                return
-            self._candidates.append(Candidate(frame, self._copy(shrink(image, self._max_side))))
-            self._due = frame + self._stride
-            if len(self._candidates) > self._per_scene:
-                self._spare.extend(c.image for c in self._candidates[1::2])
-                self._candidates = self._candidates[::2]
-                self._stride *= 2
-                self._due = self._candidates[-1].frame + self._stride
+    def offer(self, frame: int, image: Callable[[], _I]) -> None:
+        """See frame number ``frame`` (in increasing order); keep ``image()`` if it is due."""
+        if self._start is None:
+            self._start = self._due = frame
+        if frame < self._due:
+            return
+        self._candidates.append(Candidate(frame, image()))
+        self._due = frame + self._stride
+        if len(self._candidates) > self._per_scene:
+            self._candidates = self._candidates[::2]
+            self._stride *= 2
+            self._due = self._candidates[-1].frame + self._stride
 
-    def cut(self, frame: int) -> Candidate | None:
+    def cut(self, frame: int) -> Candidate[_I] | None:
         """A scene starts at ``frame``: close the open one and return its keyframe.
 
         None when no kept frame lies close enough to the closed scene's middle, or when
         ``frame`` does not lie after the open scene's start (a detector reporting a cut
         out of order): the caller then finds that scene's keyframe another way.
         """
-        with self._lock:
-            start = self._start
-            if start is None or frame <= start:
-                return None
-            closed = [c for c in self._candidates if c.frame < frame]
-            self._candidates = [c for c in self._candidates if c.frame >= frame]
-            self._start, self._stride = frame, 1
-            self._due = self._candidates[-1].frame + 1 if self._candidates else frame
-            best = nearest_to_middle((c.frame for c in closed), start, frame)
-            chosen = next((c for c in closed if c.frame == best), None)
-            # The chosen frame's buffer now belongs to the caller.
-            self._spare.extend(c.image for c in closed if c is not chosen)
-            return chosen
+        start = self._start
+        if start is None or frame <= start:
+            return None
+        closed = [c for c in self._candidates if c.frame < frame]
+        self._candidates = [c for c in self._candidates if c.frame >= frame]
+        self._start, self._stride = frame, 1
+        self._due = self._candidates[-1].frame + 1 if self._candidates else frame
+        best = nearest_to_middle((c.frame for c in closed), start, frame)
+        return next((c for c in closed if c.frame == best), None)
 
-    def pick(self, start: int, end: int) -> Candidate | None:
-        """A copy of the kept frame nearest the middle of [``start``, ``end``), if any."""
-        with self._lock:
-            best = nearest_to_middle((c.frame for c in self._candidates), start, end)
-            chosen = next((c for c in self._candidates if c.frame == best), None)
-            return None if chosen is None else Candidate(chosen.frame, chosen.image.copy())
-
-    def _copy(self, image: Image) -> Image:
-        while self._spare:
-            buffer = self._spare.pop()
-            if buffer.shape == image.shape:
-                np.copyto(buffer, image)
-                return buffer
-        return image.copy()
+    def pick(self, start: int, end: int) -> Candidate[_I] | None:
+        """The kept frame nearest the middle of [``start``, ``end``), if any."""
+        best = nearest_to_middle((c.frame for c in self._candidates), start, end)
+        return next((c for c in self._candidates if c.frame == best), None)
 
 
 def contact_sheet(tiles: Sequence[Tile]) -> Image:
