@@ -422,13 +422,13 @@ class _Shrink:
     bilinear resize took it a whole factor down to about DETECTION_SIDE on its longer
     side (reading 2 x 2 pixels per pixel it made, in 1280x720 one in 25), upright.
 
-    ``exact``: that way, the same frames to the bit (the full conversion costs about
-    half a millisecond per 720p frame). Otherwise (8-bit planar YUV in a known colour
-    space) only the pixels the resize reads are converted: the luma plane is resized as
-    the BGR frame was, each chroma plane is sampled at the same places (through the
-    nearest-sample upsampling FFmpeg's conversion does), and the small YUV frame is
-    converted with FFmpeg's matrix. Pixels stay within 2 levels of the exact ones but
-    where a channel clips between the pixels averaged, for about a fifth of the cost.
+    ``exact``: that way, the same frames to the bit. Otherwise (8-bit planar YUV in a
+    known colour space) only the pixels the resize reads are converted: the luma plane
+    is resized as the BGR frame was, each chroma plane is sampled at the same places
+    (through the nearest-sample upsampling of FFmpeg's conversion), and the small YUV
+    frame is converted with FFmpeg's matrix. Pixels stay within 2 levels of the exact
+    ones but where a channel clips between the pixels averaged, and a 720p frame takes
+    0.11 ms instead of 0.71 (a thirteenth of the instructions).
     """
 
     def __init__(self, frame: av.VideoFrame, *, exact: bool) -> None:
