@@ -662,3 +662,37 @@ def _opencv_frame(video: Path, number: int) -> npt.NDArray[np.uint8]:
         ok, image = capture.read()
         assert ok
     return np.asarray(image, dtype=np.uint8)
+
+
+def _uneven_video(path: Path) -> Path:
+    """A variable frame rate video: 30 frames 33 ms apart, then 30 frames 67 ms apart;
+    the colour changes at the 31st frame, 0.99 s in."""
+    times = [33 * i for i in range(30)] + [990 + 67 * i for i in range(30)]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        for number, milliseconds in enumerate(times):
+            image = np.empty((120, 160, 3), np.uint8)
+            image[:] = PALETTE[0] if number < 30 else PALETTE[1]
+            image[10:30, number * 2 : number * 2 + 20] = 90
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = milliseconds, Fraction(1, 1000)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
+def test_uneven_frame_times_give_the_same_frame_numbers_and_times_as_before(
+    tmp_path: Path,
+) -> None:
+    document = scan(_uneven_video(tmp_path / "vfr.mp4"), tmp_path / "vfr.json")
+
+    # As the OpenCV-backed scan gave them: a frame's number is its time at the average
+    # rate (60 frames in 2.9 s), the last scene ends at the frame count.
+    assert document["video"]["fps"] == 20.702
+    assert document["video"]["frame_count"] == 60
+    assert [
+        (s["start_frame"], s["end_frame"], s["start_s"], s["end_s"]) for s in document["scenes"]
+    ] == [(0, 20, 0.0, 0.99), (20, 60, 0.99, 2.898)]
+    assert document["scenes"][1]["start_timecode"] == "00:00:00.990"

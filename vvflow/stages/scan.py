@@ -254,7 +254,7 @@ def _detect(
         clock = _Clock(stream, rate)
         shrink: _Shrink | None = None
         cuts: list[FrameTimecode] = []
-        first = last = None
+        first = None
         decoded = 0
         for frame in _frames(container, stream):
             position = clock.position(frame, decoded)
@@ -263,14 +263,17 @@ def _detect(
                 shrink = _Shrink(frame, exact=options.detector in _EXACT_FRAMES)
                 keyframes.start(shrink.rotation)
                 first = position
-            last = position
             keyframes.sampler.offer(position.frame_num, partial(keyframes.holdable, frame))
             small = shrink(frame)
             if small is not None:  # None: a frame of another size (corrupt)
                 cuts += keyframes.closing(detector.process_frame(position, small))
             decoded_until(position.seconds)
-        if first is None or last is None:
+        if first is None:
             return _Detected([], 0, rate)
+        # Once the last frame is read OpenCV's time is 0, so SceneManager ended the
+        # video (and its last scene) by the number of frames: so does this, also where
+        # frame times are uneven.
+        last = clock.by_index(decoded - 1)
         cuts += keyframes.closing(detector.post_process(last))
     return _Detected(_scene_list(cuts, first, last + 1), decoded, rate)
 
@@ -358,6 +361,11 @@ class _Clock:
         micros = round(milliseconds * 1000)
         if micros > 0:
             return FrameTimecode(Timecode(micros, self._MICROSECOND), self.rate)
+        return self.by_index(index)
+
+    def by_index(self, index: int) -> FrameTimecode:
+        """The position of the ``index``-th frame (from 0) by its index alone: where
+        OpenCV's time was 0, as it is after the last frame."""
         return FrameTimecode(Timecode(index * self.rate.denominator, self._by_index), self.rate)
 
 
