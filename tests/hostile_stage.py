@@ -37,16 +37,12 @@ run id that is also in OUTPUT, so a test can tell which run produced a final out
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import random
-import signal
-import subprocess
 import sys
 import time
-import uuid
-from pathlib import Path
+
+# Started thousands of times in the suite: only what starts fast (see stage_program.py).
+from stage_program import Args, json_text, parse_args, run_id, uniform
 
 _LATE_WRITER = r"""
 import os, sys, time
@@ -66,11 +62,11 @@ time.sleep(float(sys.argv[4]))
 
 
 class Stage:
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: Args) -> None:
         self.args = args
         self.video = os.environ.get("VVFLOW_NAME", "?")
-        self.run = uuid.uuid4().hex
-        self.output = Path(args.output)
+        self.run = run_id()
+        self.output = args.output
 
     def log(self, event: str, **extra: object) -> None:
         record = {
@@ -83,7 +79,7 @@ class Stage:
             "t": time.time(),
             **extra,
         }
-        line = (json.dumps(record) + "\n").encode("utf-8", "surrogateescape")
+        line = (json_text(record) + "\n").encode("utf-8", "surrogateescape")
         fd = os.open(self.args.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, line)  # one write with O_APPEND: lines of concurrent runs never mix
@@ -107,12 +103,12 @@ class Stage:
             "cwd": os.getcwd(),
             "argv": sys.argv[1:],
         }
-        return json.dumps(data, ensure_ascii=True).encode()
+        return json_text(data).encode()
 
     def write_output(self, size: int | None = None) -> int | None:
         data = self.payload()
         try:
-            with self.output.open("wb") as fh:
+            with open(self.output, "wb") as fh:
                 if size is None:
                     fh.write(data[: len(data) // 2])
                     fh.flush()
@@ -130,6 +126,8 @@ class Stage:
 
     def late_process(self, delay: float, linger: float) -> int:
         """A process in a new session holding OUTPUT open: vvflow cannot reach its group."""
+        import subprocess
+
         fd = os.open(self.output, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             proc = subprocess.Popen(
@@ -146,7 +144,7 @@ class Stage:
         """Run one step; an exit code ends the stage, None goes on."""
         if kind == "sleep":
             low, _, high = arg.partition("-")
-            time.sleep(random.uniform(float(low), float(high or low)))
+            time.sleep(uniform(float(low), float(high or low)))
         elif kind == "wait":
             deadline = time.monotonic() + 120
             while not os.path.exists(arg) and time.monotonic() < deadline:
@@ -170,6 +168,8 @@ class Stage:
             sys.stdout.flush()
             sys.stderr.flush()
         elif kind == "group-child":
+            import subprocess
+
             child = subprocess.Popen(
                 [sys.executable, "-S", "-c", f"import time; time.sleep({arg})"]
             )
@@ -181,6 +181,8 @@ class Stage:
         elif kind == "escape":
             self.late_process(float(arg), 0.5)
         elif kind == "ignore-term":
+            import signal
+
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             self.pid("stage", os.getpid())
         elif kind == "hang":
@@ -188,7 +190,7 @@ class Stage:
             time.sleep(3600)
         elif kind == "linger":
             data = self.payload()
-            with self.output.open("wb") as fh:
+            with open(self.output, "wb") as fh:
                 fh.write(data[: len(data) // 2])
                 fh.flush()
                 time.sleep(float(arg))
@@ -203,19 +205,21 @@ class Stage:
         elif kind == "noout":
             return 0
         elif kind == "dir-out":
-            self.output.mkdir()
+            os.mkdir(self.output)
             return 0
         elif kind == "symlink-out":
-            self.output.symlink_to(arg)
+            os.symlink(arg, self.output)
             return 0
         elif kind == "append-input":
             with open(self.args.input, "ab") as fh:
                 fh.write(b"\0edited in place")
         elif kind == "litter":
-            Path(arg).write_bytes(b"litter")
+            with open(arg, "wb") as fh:
+                fh.write(b"litter")
         elif kind == "final-out":
-            Path(arg).parent.mkdir(parents=True, exist_ok=True)
-            Path(arg).write_bytes(self.payload())
+            os.makedirs(os.path.dirname(arg) or ".", exist_ok=True)
+            with open(arg, "wb") as fh:
+                fh.write(self.payload())
             return 0
         elif kind != "ok":
             sys.stderr.write(f"hostile_stage: unknown step {kind!r}\n")
@@ -231,14 +235,9 @@ class Stage:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("steps")
-    parser.add_argument("--log", required=True)
-    parser.add_argument("--stage", required=True)
-    parser.add_argument("--pids")
-    parser.add_argument("input")
-    parser.add_argument("output")
-    stage = Stage(parser.parse_args())
+    stage = Stage(
+        parse_args(sys.argv[1:], ("steps", "input", "output"), ("log", "stage"), ("pids",))
+    )
     stage.log("start", argv=sys.argv[1:])
     for step in stage.args.steps.split(","):
         kind, _, arg = step.partition(":")

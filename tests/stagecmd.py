@@ -16,32 +16,25 @@ as MODE says:
 
 from __future__ import annotations
 
-import argparse
-import hashlib
-import json
 import os
-import random
-import subprocess
 import sys
 import time
-from pathlib import Path
+
+# Started thousands of times in the suite: only what starts fast (see stage_program.py).
+from stage_program import json_text, parse_args, uniform
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("mode")
-    parser.add_argument("--log", required=True)
-    parser.add_argument("--stage", required=True)
-    parser.add_argument("--pids")
-    parser.add_argument("input")
-    parser.add_argument("output")
-    args = parser.parse_args()
+    args = parse_args(sys.argv[1:], ("mode", "input", "output"), ("log", "stage"), ("pids",))
     video = os.environ.get("VVFLOW_NAME", "?")
     record = {"stage": args.stage, "video": video, "pid": os.getpid(), "mode": args.mode}
     with open(args.log, "a", encoding="utf-8", errors="surrogateescape") as fh:
-        fh.write(json.dumps(record) + "\n")
+        fh.write(json_text(record) + "\n")
     mode, _, arg = args.mode.partition(":")
     if mode == "flaky":
+        import hashlib
+        from pathlib import Path
+
         key = hashlib.sha1(os.fsencode(video)).hexdigest()[:12]
         counter = Path(args.log).with_suffix(f".{args.stage}.{key}.count")
         seen = int(counter.read_text()) if counter.exists() else 0
@@ -58,13 +51,16 @@ def main() -> int:
     elif mode == "noout":
         return 0
     elif mode == "hang":
+        import subprocess
+
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
-        Path(args.pids).write_text(f"{os.getpid()} {child.pid}\n")
+        with open(args.pids, "w", encoding="utf-8") as fh:
+            fh.write(f"{os.getpid()} {child.pid}\n")
         time.sleep(3600)
     elif mode == "sleep":
         low, _, high = arg.partition("-")
-        time.sleep(random.uniform(float(low), float(high or low)))
-    elif mode == "until" and not Path(arg).exists():
+        time.sleep(uniform(float(low), float(high or low)))
+    elif mode == "until" and not os.path.exists(arg):
         sys.stderr.write(f"waiting for {arg}\n")
         return 1
     size = os.path.getsize(args.input)
@@ -76,7 +72,7 @@ def main() -> int:
         "cwd": os.getcwd(),
         "pid": os.getpid(),
     }
-    data = json.dumps(payload, ensure_ascii=True).encode()
+    data = json_text(payload).encode()
     # Write in two steps so a kill between them would leave a half file, which vvflow
     # must never publish.
     with open(args.output, "wb") as fh:
