@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
 import subprocess
 import sys
@@ -36,13 +37,25 @@ from vvflow.layout import MOVES, Layout
 #: the root (N = 0: never) and appends a line per counted change (or only the fatal one)
 #: to a trace file. `open` for writing is not a crash point: crashing before it leaves
 #: the same state as crashing before the change that follows the previous write.
+#:
+#: A test makes 60 to 90 such runs, and starting Python and importing vvflow is most of
+#: what each costs (0.5 s of CPU): this process imports vvflow once, then, for each
+#: request on stdin ({"root", "target", "trace", "every", "stderr", "argv"}), forks a
+#: child that is the run (stdin and stdout /dev/null, stderr to the file named, the hook
+#: added, then `vvflow ARGV`), and answers with the child's exit code (-9 when killed;
+#: "timeout", after killing it, when it ran 60 s). A child starts from the state the
+#: imports left, as a fresh `python -m vvflow` does; the hook is added before vvflow
+#: does anything, so each run counts the same changes a fresh process would.
 CRASHER = r"""
-import os, signal, sys
+import json, os, select, signal, sys
 
-ROOT = os.fsencode(sys.argv[1])
-TARGET = int(sys.argv[2])
-TRACE = sys.argv[3]
-EVERY = sys.argv[4] == "all"
+import vvflow.commands  # what main() imports for `vvflow once`
+from vvflow.cli import main
+
+ROOT = b""  # these four are set in each child, from its request
+TARGET = 0
+TRACE = ""
+EVERY = False
 COUNT = 0
 CHANGES = ("os.rename", "os.link", "os.remove", "os.rmdir", "os.utime", "os.truncate",
            "os.symlink", "shutil.rmtree")
@@ -86,26 +99,73 @@ def hook(event, args):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-sys.addaudithook(hook)
-from vvflow.cli import main
-
-sys.argv = ["vvflow", *sys.argv[5:]]
-sys.exit(main())
+for line in sys.stdin:
+    request = json.loads(line)
+    pid = os.fork()
+    if pid == 0:  # the run
+        null = os.open(os.devnull, os.O_RDWR)
+        stderr = os.open(request["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(null, 0)
+        os.dup2(null, 1)
+        os.dup2(stderr, 2)
+        os.close(null)
+        os.close(stderr)
+        ROOT = os.fsencode(request["root"])
+        TARGET = request["target"]
+        TRACE = request["trace"]
+        EVERY = request["every"]
+        sys.addaudithook(hook)
+        sys.argv = ["vvflow", *request["argv"]]
+        sys.exit(main())  # ends this child (the loop too) with vvflow's exit code
+    child = os.pidfd_open(pid)
+    answer = None
+    if not select.select([child], [], [], 60)[0]:
+        os.kill(pid, signal.SIGKILL)
+        answer = "timeout"
+    _, status = os.waitpid(pid, 0)
+    os.close(child)
+    print(answer or os.waitstatus_to_exitcode(status), flush=True)
 """
 
 
-def _run(root: Root, crasher: Path, target: int, trace: Path, *, every: bool = False,
-         env: dict[str, str]) -> int:  # fmt: skip
-    proc = subprocess.run(
-        [sys.executable, str(crasher), str(root.path), str(target), str(trace),
-         "all" if every else "one", "once", "--root", str(root.path)],
-        env=clean_env(env), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, timeout=60, check=False,
-    )  # fmt: skip
-    assert proc.returncode in (0, -9), (
-        f"exit {proc.returncode}: " + proc.stderr.decode(errors="replace")[-1500:]
-    )
-    return proc.returncode
+class Crashers:
+    """`workers` CRASHER processes (each runs one crash run at a time), for one test."""
+
+    def __init__(self, script: Path, env: dict[str, str], workers: int) -> None:
+        self._all: list[subprocess.Popen[str]] = []
+        self._free: queue.Queue[subprocess.Popen[str]] = queue.Queue()
+        for _ in range(workers):
+            proc = subprocess.Popen([sys.executable, str(script)], env=clean_env(env), text=True,
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
+            self._all.append(proc)
+            self._free.put(proc)
+
+    def run(self, root: Root, target: int, trace: Path, *, every: bool = False) -> int:
+        """`vvflow once` on `root`, killed before its change `target` (0: never)."""
+        stderr = trace.with_name(trace.name + ".stderr")
+        request = {"root": str(root.path), "target": target, "trace": str(trace), "every": every,
+                   "stderr": str(stderr), "argv": ["once", "--root", str(root.path)]}  # fmt: skip
+        proc = self._free.get()
+        try:
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write(json.dumps(request) + "\n")
+            proc.stdin.flush()
+            answer = proc.stdout.readline().strip()
+        finally:
+            self._free.put(proc)
+        if answer not in ("0", "-9"):
+            tail = stderr.read_bytes().decode(errors="replace")[-1500:] if stderr.exists() else ""
+            raise AssertionError(f"exit {answer or '(the crasher died)'}: {tail}")
+        return int(answer)
+
+    def close(self) -> None:
+        for proc in self._all:
+            assert proc.stdin is not None
+            proc.stdin.close()  # the end of the requests: it exits
+        for proc in self._all:
+            proc.wait(timeout=30)
+            assert proc.stdout is not None
+            proc.stdout.close()
 
 
 def _fresh_root(base: Path, video_bytes: bytes, content: bytes) -> Root:
@@ -128,20 +188,20 @@ def _in_completed(root: Root) -> bool:
     return "v.mp4" in entries(root.folder("completed"))
 
 
-def _crash_point(base: Path, video_bytes: bytes, content: bytes, crasher: Path, n: int,
-                 env: dict[str, str]) -> tuple[str, str | None]:  # fmt: skip
+def _crash_point(base: Path, video_bytes: bytes, content: bytes, crashers: Crashers,
+                 n: int) -> tuple[str, str | None]:  # fmt: skip
     """Kill a run before change n, a recovery before its change 3..12, run clean, check.
     Returns the fatal change and what broke (None: nothing)."""
     root = _fresh_root(base, video_bytes, content)
     trace = base / "crash.trace"
-    _run(root, crasher, n, trace, env=env)
+    crashers.run(root, n, trace)
     fatal = trace.read_text().rstrip("\n") if trace.exists() else ""
     try:
         assert _where(root, len(content)), "after the crash the video is gone"
         for target in (3 + n % 10, 0):
             done_before = _in_completed(root)
             starts_before = len(stage_log(root))
-            _run(root, crasher, target, base / "recover.trace", env=env)
+            crashers.run(root, target, base / "recover.trace")
             assert _where(root, len(content)), f"a recovery killed before change {target}: gone"
             if done_before:
                 assert len(stage_log(root)) == starts_before, "a stage ran for a completed video"
@@ -171,19 +231,22 @@ def test_crash_before_every_change_then_during_recovery_is_repaired(
     crasher = tmp_path / "crasher.py"
     crasher.write_text(CRASHER)
     content = video_bytes + b"\0crash-point"
+    crashers = Crashers(crasher, env, workers=2)
+    try:
+        probe = _fresh_root(tmp_path / "probe", video_bytes, content)
+        assert crashers.run(probe, 0, tmp_path / "probe.trace", every=True) == 0
+        points = (tmp_path / "probe.trace").read_text().splitlines()
+        assert len(points) >= 10, points
 
-    probe = _fresh_root(tmp_path / "probe", video_bytes, content)
-    assert _run(probe, crasher, 0, tmp_path / "probe.trace", every=True, env=env) == 0
-    points = (tmp_path / "probe.trace").read_text().splitlines()
-    assert len(points) >= 10, points
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        results = list(
-            pool.map(
-                lambda n: _crash_point(tmp_path / f"p{n}", video_bytes, content, crasher, n, env),
-                range(1, len(points) + 1),
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            results = list(
+                pool.map(
+                    lambda n: _crash_point(tmp_path / f"p{n}", video_bytes, content, crashers, n),
+                    range(1, len(points) + 1),
+                )
             )
-        )
+    finally:
+        crashers.close()
     broken = [
         f"crash before change {n} ({' '.join(points[n - 1].split(chr(9))[1:])}): {why}"
         for n, (_fatal, why) in enumerate(results, start=1)
