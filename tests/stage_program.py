@@ -1,10 +1,10 @@
-"""What the tests' stage programs (stagecmd.py, hostile_stage.py) share, made to start
-fast: vvflow runs them thousands of times in the suite, and the usual imports (argparse,
-json, pathlib, random, subprocess, uuid) cost them about 60 ms of CPU at every start,
-three times the interpreter's own start. Only os and sys are imported here (and json's
-C half, without the regular expressions its Python half compiles); a program imports
-anything else inside the branch that needs it. test_stage_program.py checks these
-against argparse and json.
+"""What the tests' stage programs (stagecmd.py, hostile_stage.py, timed_stage.py) share,
+made to start fast: vvflow runs them thousands of times in the suite, and the usual
+imports (argparse, json, pathlib, random, subprocess, uuid) cost them about 60 ms of CPU
+at every start, three times the interpreter's own start. Only os and sys are imported
+here (and json's C half, without the regular expressions its Python half compiles); a
+program imports anything else inside the branch that needs it. test_stage_program.py
+checks these against argparse and json.
 """
 
 from __future__ import annotations

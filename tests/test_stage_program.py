@@ -17,6 +17,8 @@ from tests.conftest import STAGECMD
 from tests.stage_program import json_text, parse_args, run_id, uniform
 from tests.test_adversarial_support import HOSTILE
 
+TIMED = Path(__file__).with_name("timed_stage.py")
+
 VALUES: list[object] = [
     {"event": "start", "stage": "scan", "video": "a.mp4", "pid": 1234, "ppid": 1,
      "run": "ab" * 16, "t": 1764288000.123456, "argv": ["sleep:0-0.05", "--log", "x"]},
@@ -90,18 +92,25 @@ def test_uniform_and_run_id() -> None:
     assert len(ids) == 100 and all(re.fullmatch("[0-9a-f]{32}", i) for i in ids)
 
 
-@pytest.mark.parametrize("program", [STAGECMD, HOSTILE])
-def test_stage_programs_import_nothing_slow(program: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("program", "steps"), [(STAGECMD, ["sleep:0.01"]), (HOSTILE, ["sleep:0.01"]),
+                           (TIMED, ["--seconds", "0.01"])],
+)  # fmt: skip
+def test_stage_programs_import_nothing_slow(
+    program: Path, steps: list[str], tmp_path: Path
+) -> None:
     """What made each start cost 80 ms of CPU instead of 20 ms stays out of the stages."""
     video = tmp_path / "in.mp4"
     video.write_bytes(b"video")
     proc = subprocess.run(
-        [sys.executable, "-S", "-X", "importtime", str(program), "sleep:0.01",
+        [sys.executable, "-S", "-X", "importtime", str(program), *steps,
          "--log", str(tmp_path / "log"), "--stage", "scan", str(video), str(tmp_path / "out")],
         capture_output=True, text=True, check=True, env={**os.environ, "VVFLOW_NAME": "in.mp4"},
     )  # fmt: skip
     loaded = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
     assert "stage_program" in loaded
-    assert json.loads((tmp_path / "out").read_bytes())["size"] == 5
+    output = json.loads((tmp_path / "out").read_bytes())
+    assert output.get("size", 5) == 5 and output.get("video", "in.mp4") == "in.mp4", output
+    assert [json.loads(line)["stage"] for line in (tmp_path / "log").read_text().splitlines()]
     slow = {"argparse", "json", "pathlib", "random", "re", "subprocess", "uuid"}
     assert loaded & slow == set(), loaded & slow

@@ -12,34 +12,28 @@ runs, even of different stages, can be compared.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import time
-import uuid
+
+# Started for every stage run of the capacity tests: only what starts fast (see
+# stage_program.py).
+from stage_program import json_text, parse_args, run_id
 
 
 def main() -> int:
     started = time.time()
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--log", required=True)
-    parser.add_argument("--stage", required=True)
-    parser.add_argument("--seconds", type=float, default=0.0)
-    parser.add_argument("--progress")
-    parser.add_argument("--gate")
-    parser.add_argument("input")
-    parser.add_argument("output")
-    args = parser.parse_args()
+    args = parse_args(sys.argv[1:], ("input", "output"), ("log", "stage"),
+                      ("seconds", "progress", "gate"))  # fmt: skip
     record = {
         "stage": args.stage,
         "video": os.environ.get("VVFLOW_NAME", "?"),
         "pid": os.getpid(),
-        "run": uuid.uuid4().hex,
+        "run": run_id(),
     }
 
     def log(event: str, **extra: float) -> None:
-        line = json.dumps({"event": event, **record, "t": time.time(), **extra}) + "\n"
+        line = json_text({"event": event, **record, "t": time.time(), **extra}) + "\n"
         fd = os.open(args.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, line.encode("utf-8", "surrogateescape"))  # concurrent lines never mix
@@ -54,9 +48,9 @@ def main() -> int:
         deadline = time.monotonic() + 120
         while not os.path.exists(args.gate) and time.monotonic() < deadline:
             time.sleep(0.02)
-    time.sleep(args.seconds)
+    time.sleep(float(args.seconds or 0.0))
     with open(args.output, "w", encoding="utf-8") as fh:
-        json.dump({**record, "input": args.input}, fh)
+        fh.write(json_text({**record, "input": args.input}))
     log("end", start=started, end=time.time())
     return 0
 
