@@ -121,6 +121,13 @@ def read_json_object(path: Path, what: str) -> dict[str, Any]:
     return document
 
 
+def object_field(document: dict[str, Any], key: str) -> dict[str, Any]:
+    """``document[key]`` when it is a JSON object, else an empty one (an input written by
+    an older version, or by hand, may lack it)."""
+    value = document.get(key)
+    return value if isinstance(value, dict) else {}
+
+
 def report_progress(fraction: float, message: str = "") -> None:
     """Write ``vvflow:progress <fraction> [message]`` on stderr; never fails.
 

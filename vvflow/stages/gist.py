@@ -27,6 +27,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from vvflow.stages.command import object_field
 from vvflow.stages.prose import end_with_full_stop, join_words, quote, word_count
 
 #: A share of the video at least this large makes speech (or music) its main sound.
@@ -164,6 +165,11 @@ def split_sentences(texts: Iterable[str]) -> list[str]:
     return [s.strip() for s in _SENTENCE_END.split(joined) if s.strip()] if joined else []
 
 
+def motion_words(label: Any) -> str:
+    """``a lot of motion`` for ``high``, ...: a motion label in words."""
+    return _MOTION_WORDS.get(str(label), "some motion")
+
+
 def length_words(seconds: float) -> str:
     """``10-second``, ``2-minute``, ``1.5-hour``: a length as an adjective."""
     if seconds < 60:
@@ -228,7 +234,7 @@ def with_article(phrase: str) -> str:
 def _visual_logline(signals: Signals, opening: str, max_words: int) -> str:
     details = []
     if signals.motion:
-        details.append(f"with {_MOTION_WORDS.get(signals.motion, 'some motion')}")
+        details.append(f"with {motion_words(signals.motion)}")
     sound = _sound_phrase(signals)
     if sound:
         details.append(sound)
@@ -280,7 +286,7 @@ def summary_text(signals: Signals) -> str:
         if signals.brightness:
             look.append(f"{signals.brightness} pictures")
         if signals.motion:
-            look.append(_MOTION_WORDS.get(signals.motion, "some motion"))
+            look.append(motion_words(signals.motion))
         if signals.colours:
             look.append(f"mostly {join_words(list(signals.colours))}")
         if look:
@@ -302,8 +308,8 @@ def scene_sentence(
         parts.append(f"a voice says {_quoted_words(speech, 20)}")
     if captions:
         parts.append("on-screen text " + join_words([quote(t, 48) for t in captions[:3]]))
-    look = f"a {scene.get('brightness_label') or 'plain'} shot with " + _MOTION_WORDS.get(
-        str(scene.get("motion_label")), "some motion"
+    look = f"a {scene.get('brightness_label') or 'plain'} shot with " + motion_words(
+        scene.get("motion_label")
     )
     colours = [c.get("name") for c in scene.get("dominant_colors") or [] if isinstance(c, dict)]
     if not parts and colours:
@@ -335,8 +341,8 @@ def signals(summary: dict[str, Any]) -> Signals:
     scenes = [s for s in summary.get("scenes") or [] if isinstance(s, dict)]
     duration = float(summary.get("duration_s") or (scenes[-1].get("end_s") if scenes else 0) or 0)
     lengths = tuple(float(s.get("duration_s") or 0) for s in scenes)
-    shares = _mapping(_mapping(summary, "audio"), "shares")
-    segments = _mapping(summary, "transcript").get("segments")
+    shares = object_field(object_field(summary, "audio"), "shares")
+    segments = object_field(summary, "transcript").get("segments")
     segments = segments if isinstance(segments, list) else []
     texts = [str(s.get("text") or "") for s in segments if isinstance(s, dict)]
     captions = tuple(
@@ -361,11 +367,6 @@ def signals(summary: dict[str, Any]) -> Signals:
         colours=tuple(_colours(scenes)),
         size=summary.get("size") if isinstance(summary.get("size"), str) else None,
     )
-
-
-def _mapping(document: dict[str, Any], key: str) -> dict[str, Any]:
-    value = document.get(key)
-    return value if isinstance(value, dict) else {}
 
 
 def _share(shares: dict[str, Any], name: str) -> float | None:

@@ -40,6 +40,7 @@ from vvflow.stages.command import (
     Progress,
     add_io_arguments,
     env_default,
+    object_field,
     read_json_object,
     run_stage,
     write_json,
@@ -143,7 +144,7 @@ def summarize(
     spans = _spans(analytic, analytic_path)
     video = video or _recorded_video(analytic, analytic_path)
     check_readable(video)
-    source = _object(analytic, "source")
+    source = object_field(analytic, "source")
     stem = env_default("VVFLOW_STEM") or source.get("stem") or video.stem
     name = env_default("VVFLOW_NAME") or source.get("name") or video.name
 
@@ -205,7 +206,7 @@ def summarize(
                         analytic["scenes"], scenes, _titles(scenes), strict=True
                     )
                 ],
-                rate=rate_of(_object(analytic, "video")),
+                rate=rate_of(object_field(analytic, "video")),
                 duration_s=analytic.get("duration_s"),
                 media=_media(video, name, stem, target, published=published),
                 cues=subtitle_cues(listening),
@@ -299,11 +300,6 @@ def _spans(analytic: dict[str, Any], path: Path) -> list[SceneSpan]:
     return spans
 
 
-def _object(document: dict[str, Any], key: str) -> dict[str, Any]:
-    value = document.get(key)
-    return value if isinstance(value, dict) else {}
-
-
 def _recorded_video(analytic: dict[str, Any], path: Path) -> Path:
     from_env = env_default("VVFLOW_VIDEO")
     if from_env:
@@ -328,7 +324,7 @@ def _keyframe_folders(
     if folder.name == "analytic":  # <root>/analytic/<stem>.analytic.json
         roots.append(folder.parent)
     roots.append(folder)
-    source = _object(analytic, "source")
+    source = object_field(analytic, "source")
     recorded = source.get("stem") if isinstance(source.get("stem"), str) else None
     stem = env_default("VVFLOW_STEM") or recorded or analytic_path.name.split(".")[0]
     guesses = [*(base / "keyframes" / stem for base in roots), *roots]
@@ -404,7 +400,7 @@ def _audio_overall(sounds: list[dict[str, Any]], scenes: list[dict[str, Any]]) -
 
 
 def _size(analytic: dict[str, Any]) -> str | None:
-    stream = _object(analytic, "video")
+    stream = object_field(analytic, "video")
     width, height = stream.get("width"), stream.get("height")
     return f"{width}x{height}" if width and height else None
 
