@@ -487,17 +487,14 @@ class Bench:
     def video(self, *, captioned: bool = False) -> Path:
         """The 60 s 1280x720 test video, generated once per run (or kept in --video-cache);
         ``captioned``: with ``CAPTIONS`` burnt in."""
-        folder = self.video_cache or self.work
-        folder.mkdir(parents=True, exist_ok=True)
         name = (
             f"bench-{VIDEO_SECONDS}s-{VIDEO_WIDTH}x{VIDEO_HEIGHT}-{VIDEO_FPS}fps-{VIDEO_CUTS}cuts"
             + ("-captioned" if captioned else "")
         )
-        path = folder / f"{name}.mp4"
-        if not path.exists():
-            say(f"generating {path.name} with tests/media.py (about half a minute)")
-            partial = folder / f".{name}.partial.mp4"
-            make_video(
+        return self._generated(
+            name,
+            "tests/media.py (about half a minute)",
+            lambda partial: make_video(
                 partial,
                 seconds=VIDEO_SECONDS,
                 width=VIDEO_WIDTH,
@@ -505,7 +502,19 @@ class Bench:
                 fps=VIDEO_FPS,
                 cuts=VIDEO_CUTS,
                 captions=CAPTIONS if captioned else (),
-            )
+            ),
+        )
+
+    def _generated(self, name: str, how: str, make: Callable[[Path], object]) -> Path:
+        """``<name>.mp4`` in --video-cache (else the run's folder), made by ``make`` into a
+        hidden partial file and renamed into place the first time it is asked for."""
+        folder = self.video_cache or self.work
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{name}.mp4"
+        if not path.exists():
+            say(f"generating {path.name} with {how}")
+            partial = folder / f".{name}.partial.mp4"
+            make(partial)
             partial.rename(path)
         return path
 
@@ -514,26 +523,22 @@ class Bench:
         panning camera, CABAC and B-frames: about 5 times the decoding work of
         ``video``), with VIDEO_CUTS hard cuts; generated once per run (or kept in
         --video-cache)."""
-        folder = self.video_cache or self.work
-        folder.mkdir(parents=True, exist_ok=True)
         name = (
             f"bench-footage-{VIDEO_SECONDS}s-{VIDEO_WIDTH}x{VIDEO_HEIGHT}-{VIDEO_FPS}fps-"
             f"{VIDEO_CUTS}cuts"
         )
-        path = folder / f"{name}.mp4"
-        if not path.exists():
-            say(f"generating {path.name} with tests/footage.py (about a minute)")
-            partial = folder / f".{name}.partial.mp4"
-            make_footage(
+        return self._generated(
+            name,
+            "tests/footage.py (about a minute)",
+            lambda partial: make_footage(
                 partial,
                 seconds=VIDEO_SECONDS,
                 width=VIDEO_WIDTH,
                 height=VIDEO_HEIGHT,
                 fps=VIDEO_FPS,
                 cuts=VIDEO_CUTS,
-            )
-            partial.rename(path)
-        return path
+            ),
+        )
 
     # -- rows --------------------------------------------------------------------------
 
@@ -1001,15 +1006,9 @@ class Bench:
         """A 60 s 1280x720 video with cuts and a caption burnt in, and either
         ``TALK_SENTENCES`` spoken one after another (about 5 s apart) or, instead of
         speech, a chord now and then over silence."""
-        folder = self.video_cache or self.work
-        folder.mkdir(parents=True, exist_ok=True)
         name = (
             f"talk-{'speech' if speech else 'music'}-{VIDEO_SECONDS}s-{VIDEO_WIDTH}x{VIDEO_HEIGHT}"
         )
-        path = folder / f"{name}.mp4"
-        if path.exists():
-            return path
-        say(f"generating {path.name} with tests/media.py (about a minute)")
         step = VIDEO_SECONDS / len(TALK_SENTENCES)
         sounds: list[Sentence | Chord] = (
             [
@@ -1019,19 +1018,20 @@ class Bench:
             if speech
             else [Chord(start, 3.0) for start in range(2, VIDEO_SECONDS - 4, 10)]
         )
-        partial = folder / f".{name}.partial.mp4"
-        make_video(
-            partial,
-            seconds=VIDEO_SECONDS,
-            width=VIDEO_WIDTH,
-            height=VIDEO_HEIGHT,
-            fps=VIDEO_FPS,
-            cuts=5,
-            text=TALK_CAPTION,
-            sounds=sounds,
+        return self._generated(
+            name,
+            "tests/media.py (about a minute)",
+            lambda partial: make_video(
+                partial,
+                seconds=VIDEO_SECONDS,
+                width=VIDEO_WIDTH,
+                height=VIDEO_HEIGHT,
+                fps=VIDEO_FPS,
+                cuts=5,
+                text=TALK_CAPTION,
+                sounds=sounds,
+            ),
         )
-        partial.rename(path)
-        return path
 
     def builtin_rows(self) -> None:
         """The whole built-in pipeline (scan, summarize, logline as `vvflow once` runs
