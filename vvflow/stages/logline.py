@@ -67,7 +67,8 @@ def logline(summary_path: Path, *, settings: LLMSettings | None = None) -> dict[
     if not isinstance(summary.get("summary"), str):
         raise BadInput(f"{summary_path}: not a {SUMMARY}: no 'summary' text")
 
-    text = deterministic_logline(summary)
+    facts = signals(summary)
+    text = logline_text(facts, MAX_WORDS)
     generator = DETERMINISTIC
     reason: str | None = "not configured (no base URL or model)"
     if settings.configured:
@@ -90,7 +91,7 @@ def logline(summary_path: Path, *, settings: LLMSettings | None = None) -> dict[
         },
         "logline": text,
         "word_count": word_count(text),
-        "kind": video_kind(signals(summary)),
+        "kind": video_kind(facts),
         "generator": generator,
         "llm": {**settings.describe(), "used": reason is None, "fallback_reason": reason},
     }
