@@ -97,11 +97,6 @@ def logline(summary_path: Path, *, settings: LLMSettings | None = None) -> dict[
     }
 
 
-def deterministic_logline(summary: dict[str, Any]) -> str:
-    """One sentence of at most ``MAX_WORDS`` words that says what the video is (gist.py)."""
-    return logline_text(signals(summary), MAX_WORDS)
-
-
 def _llm_logline(settings: LLMSettings, summary: dict[str, Any]) -> str:
     facts = signals(summary)
     lines = [f"Summary: {summary['summary']}", f"Kind of video (measured): {video_kind(facts)}."]
