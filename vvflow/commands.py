@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import getpass
 import json
 import os
 import shutil
@@ -16,12 +15,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
-from vvflow import __version__, atomicfs, filesystem, instance, logs, report, status
+from vvflow import __version__, atomicfs, filesystem, logs, operations, status
 from vvflow.config import Settings, builtin_stages, load_settings
 from vvflow.daemon import Daemon, check_health
 from vvflow.errors import ConfigError, LayoutError
-from vvflow.layout import DOCTOR_PREFIX, MOVES, Layout, State
-from vvflow.pipeline import Pipeline
+from vvflow.layout import DOCTOR_PREFIX, MOVES, Layout
 from vvflow.progress import ProgressBar
 from vvflow.stages import STAGES
 from vvflow.worker import Worker
@@ -196,7 +194,7 @@ def _cmd_health(settings: Settings) -> int:
 
 
 def _cmd_status(settings: Settings, *, as_json: bool) -> int:
-    layout = _existing_layout(settings)
+    layout = operations.existing_layout(settings)
     data = status.collect(layout, settings.lease_seconds)
     data["storage"] = status.storage(layout, settings.min_free_bytes, settings.lease_seconds)
     sys.stdout.write(json.dumps(data, indent=2) + "\n" if as_json else status.render(data))
@@ -204,59 +202,19 @@ def _cmd_status(settings: Settings, *, as_json: bool) -> int:
 
 
 def _cmd_retry(settings: Settings, names: list[str], *, every: bool, from_start: bool) -> int:
-    pipeline = Pipeline(settings.stages, settings.root)
-    layout = Layout(settings.root, settings.extensions, pipeline.all_outputs)
-    if every == bool(names):
-        raise ConfigError("retry: give failed video names or --all (not both)")
-    failed = set(layout.files_in(State.FAILED))
-    chosen = sorted(failed) if every else names
-    unknown = [n for n in chosen if n not in failed]
-    if unknown:
-        listed = ", ".join(repr(n) for n in unknown)
-        return _fail(f"retry: not in input/failed/: {listed}; nothing was moved")
-    layout.ensure()
-    lease = instance.Lease(
-        layout.processing / instance.InstanceId.current().name, settings.lease_seconds
-    )
-    lease.acquire()
     try:
-        for name in chosen:
-
-            def reset(rep: report.Report) -> None:
-                if from_start:
-                    rep.stages.clear()
-                    rep.dedupe = False
-                    rep.duplicate_of = None
-                rep.state = State.PENDING
-                rep.failed_stage = None
-                rep.error = None
-
-            dest, replaced = layout.retry(name, lease.folder / MOVES, reset)
-            note = " (replaced since it failed: starts from scratch)" if replaced else ""
-            sys.stdout.write(f"retry {name!r} -> input/pending/{dest.name}{note}\n")
-    finally:
-        lease.release()
-        shutil.rmtree(lease.folder, ignore_errors=True)
+        done = operations.retry(settings, names, every=every, from_start=from_start)
+    except operations.NotFailed as exc:
+        return _fail(str(exc))
+    for item in done:
+        note = " (replaced since it failed: starts from scratch)" if item.replaced else ""
+        sys.stdout.write(f"retry {item.name!r} -> input/pending/{item.pending_name}{note}\n")
     return RET_OK
 
 
-def _existing_layout(settings: Settings) -> Layout:
-    layout = Layout(settings.root, settings.extensions)
-    if not layout.input.is_dir():
-        raise LayoutError(f"no storage root at {settings.root} (no input/ folder)")
-    return layout
-
-
 def _cmd_pause(settings: Settings, reason: str | None) -> int:
-    layout = _existing_layout(settings)
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):  # a container's uid with no name
-        user = f"uid {os.getuid()}"
-    by = f"{user}@{instance.this_host()}"
-    before = layout.paused()
-    record = layout.pause(by, reason)
-    what = "already paused" if before is not None else "paused"
+    record, already = operations.pause(operations.existing_layout(settings), reason)
+    what = "already paused" if already else "paused"
     sys.stdout.write(
         f"{what} since {record.get('since')}: every instance on {settings.root} finishes what "
         "runs and claims nothing new (instances started later too); `vvflow resume` ends it\n"
@@ -265,8 +223,7 @@ def _cmd_pause(settings: Settings, reason: str | None) -> int:
 
 
 def _cmd_resume(settings: Settings) -> int:
-    layout = _existing_layout(settings)
-    if layout.resume():
+    if operations.resume(operations.existing_layout(settings)):
         sys.stdout.write(f"resumed: instances on {settings.root} claim videos again\n")
     else:
         sys.stdout.write(f"not paused: nothing to resume on {settings.root}\n")

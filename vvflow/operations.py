@@ -1,0 +1,110 @@
+"""What an operator does to a root: retry failed videos, pause, resume.
+
+One implementation for every front end (the command line and the web page), so that
+they change the same folder state the same way and can never disagree.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shutil
+from dataclasses import dataclass
+from typing import Any
+
+from vvflow import instance, report
+from vvflow.config import Settings
+from vvflow.errors import ConfigError, LayoutError
+from vvflow.layout import MOVES, Layout, State
+from vvflow.pipeline import Pipeline
+
+
+class NotFailed(ConfigError):
+    """A video asked to be retried is not in input/failed/ (nothing was moved)."""
+
+    def __init__(self, names: list[str]) -> None:
+        listed = ", ".join(repr(n) for n in names)
+        super().__init__(f"retry: not in input/failed/: {listed}; nothing was moved")
+        self.names = names
+
+
+@dataclass(frozen=True)
+class Retried:
+    name: str
+    #: Its name in input/pending/ (another one when that name was taken since).
+    pending_name: str
+    #: Replaced since it failed: it starts from scratch.
+    replaced: bool
+
+
+def operator() -> str:
+    """`user@host` of whoever runs this process (a uid where it has no name)."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # a container's uid with no name
+        user = f"uid {os.getuid()}"
+    return f"{user}@{instance.this_host()}"
+
+
+def existing_layout(settings: Settings) -> Layout:
+    """The root's layout; LayoutError when `settings.root` is no storage root."""
+    layout = Layout(settings.root, settings.extensions)
+    if not layout.input.is_dir():
+        raise LayoutError(f"no storage root at {settings.root} (no input/ folder)")
+    return layout
+
+
+def retry(
+    settings: Settings, names: list[str], *, every: bool = False, from_start: bool = False
+) -> list[Retried]:
+    """Move failed videos (`names`, or all with `every`) back to input/pending/, their
+    reports reset (`from_start`: every stage runs again). Checks every name first:
+    NotFailed moves nothing."""
+    if every == bool(names):
+        raise ConfigError("retry: give failed video names or --all (not both)")
+    pipeline = Pipeline(settings.stages, settings.root)
+    layout = Layout(settings.root, settings.extensions, pipeline.all_outputs)
+    failed = set(layout.files_in(State.FAILED))
+    chosen = sorted(failed) if every else list(dict.fromkeys(names))
+    unknown = [n for n in chosen if n not in failed]
+    if unknown:
+        raise NotFailed(unknown)
+    if not chosen:
+        return []
+    layout.ensure()
+    lease = instance.Lease(
+        layout.processing / instance.InstanceId.current().name, settings.lease_seconds
+    )
+    lease.acquire()
+    done: list[Retried] = []
+    try:
+        for name in chosen:
+
+            def reset(rep: report.Report) -> None:
+                if from_start:
+                    rep.stages.clear()
+                    rep.dedupe = False
+                    rep.duplicate_of = None
+                rep.state = State.PENDING
+                rep.failed_stage = None
+                rep.error = None
+
+            dest, replaced = layout.retry(name, lease.folder / MOVES, reset)
+            done.append(Retried(name, dest.name, replaced))
+    finally:
+        lease.release()
+        shutil.rmtree(lease.folder, ignore_errors=True)
+    return done
+
+
+def pause(layout: Layout, reason: str | None, by: str | None = None) -> tuple[dict[str, Any], bool]:
+    """Pause every instance on the root; returns the pause record and whether the root
+    was paused already (then the record is the earlier pause's)."""
+    before = layout.paused()
+    record = layout.pause(by or operator(), reason)
+    return record, before is not None
+
+
+def resume(layout: Layout) -> bool:
+    """Lift the pause; False when the root was not paused."""
+    return layout.resume()
