@@ -44,6 +44,7 @@ class Event(StrEnum):
     DUPLICATE = "duplicate"
     WAITING_FOR_ORIGINAL = "waiting_for_original"
     INDEX_REBUILT = "index_rebuilt"
+    CATALOG_REBUILT = "catalog_rebuilt"
     HISTORY_MOVED = "history_moved"
     OBSERVER_FAILED = "observer_failed"
     OBSERVER_RESTARTED = "observer_restarted"
