@@ -30,8 +30,8 @@ from tests.test_adversarial_support import clean_env, wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-#: Every screenshot and test page is this size (CSS pixels).
-WINDOW = (1280, 900)
+#: The page's viewport in every test and screenshot (CSS pixels).
+WINDOW = (1280, 800)
 #: Chromium never talks to any host but the page's: no updates, sync, field trials,
 #: QUIC probes or first-run pages.
 CHROMIUM_ARGS = (
@@ -83,6 +83,11 @@ def chromium(window: tuple[int, int] = WINDOW) -> Iterator[WebDriver]:
             tail = log.read_text(errors="replace")[-600:] if log.exists() else ""
             raise Unavailable(f"chromium did not start: {exc.msg} {tail}".strip()) from exc
         try:
+            # The window size is the whole window: make the page's viewport exactly
+            # `window`, so that every screenshot has that size.
+            driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+                "width": window[0], "height": window[1], "deviceScaleFactor": 1,
+                "mobile": False})  # fmt: skip
             yield driver
         finally:
             driver.quit()
@@ -115,9 +120,14 @@ class Served:
         )  # fmt: skip
         self.url = ""
         if wait:
-            wait_for(lambda: self.serving() or self.proc.poll() is not None, timeout=timeout,
-                     what=f"vvflow {command} to serve its page", detail=self.tail)  # fmt: skip
-            assert self.url, f"vvflow {command} exited {self.proc.returncode}: {self.tail()}"
+            try:
+                wait_for(lambda: self.serving() or self.proc.poll() is not None,
+                         timeout=timeout, what=f"vvflow {command} to serve its page",
+                         detail=self.tail)  # fmt: skip
+                assert self.url, f"vvflow {command} exited {self.proc.returncode}: {self.tail()}"
+            except BaseException:
+                self.__exit__()
+                raise
 
     def serving(self) -> bool:
         """Whether it has logged `web_serving` (and `url` is set)."""
