@@ -42,9 +42,10 @@ def _liveness(liveness: instance.Liveness, folder: Path) -> str:
     return "stopped" if ident is not None and ident.is_stopped_here() else "unknown"
 
 
-def collect(layout: Layout, lease_seconds: float) -> dict[str, Any]:
+def collect(layout: Layout, lease_seconds: float, *, filed: bool = True) -> dict[str, Any]:
     """Counts per state, what runs now, failures (newest first), ignored and blocked
-    entries, instances."""
+    entries, instances. `filed=False` leaves out what costs a look at every filed video
+    (the keys completed, failed, duplicates and failures): the web page has its catalog."""
     candidates, ignored = layout.scan_pending()
     processing: list[dict[str, Any]] = []
     instances: list[dict[str, Any]] = []
@@ -101,7 +102,7 @@ def collect(layout: Layout, lease_seconds: float) -> dict[str, Any]:
                 "dead": dead,
             }
         )
-    failed = list(layout.files_in(State.FAILED))
+    failed = list(layout.files_in(State.FAILED)) if filed else []
     failures = []
     for name in failed:
         rep = report.load(layout.report_path(name))
@@ -121,15 +122,18 @@ def collect(layout: Layout, lease_seconds: float) -> dict[str, Any]:
     failures.sort(key=lambda f: (f["finished_at"] or "", f["_when"]), reverse=True)
     for failure in failures:
         del failure["_when"]
+    counted = {
+        State.COMPLETED.value: sum(1 for _ in layout.files_in(State.COMPLETED)),
+        State.FAILED.value: len(failures),
+        "duplicates": ContentIndex(layout).duplicate_count(),
+        "failures": failures,
+    }
     return {
         "root": str(layout.root),
         "paused": layout.paused(),
         State.PENDING.value: len(candidates),
         State.PROCESSING.value: len(processing),
-        State.COMPLETED.value: sum(1 for _ in layout.files_in(State.COMPLETED)),
-        State.FAILED.value: len(failures),
-        "duplicates": ContentIndex(layout).duplicate_count(),
-        "failures": failures,
+        **(counted if filed else {}),
         "processing_now": processing,
         "ignored": [{"name": i.name, "reason": i.reason} for i in ignored],
         "blocked": sorted(blocked.values(), key=lambda b: str(b["name"])),
