@@ -71,6 +71,10 @@ def _build_parser() -> _Parser:
     run.add_argument("--observer", choices=["auto", "inotify", "polling"])
     run.add_argument("--metrics-port", dest="metrics_port", type=int)
     run.add_argument("--metrics-host", dest="metrics_host")
+    web = sub.add_parser("web", parents=[common], help="serve the web page, process nothing")
+    for p in (run, web):
+        p.add_argument("--web-port", dest="web_port", type=int)
+        p.add_argument("--web-host", dest="web_host")
 
     sub.add_parser("health", parents=[common], help="exit 0 when a healthy `run` is here")
 
@@ -121,10 +125,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 key: getattr(args, key, None)
                 for key in ("workers", "stable_seconds", "lease_seconds",
                             "shutdown_grace_seconds", "rescan_seconds", "observer", "log_level",
-                            "metrics_port", "metrics_host", "min_free_bytes")
+                            "metrics_port", "metrics_host", "min_free_bytes", "web_port",
+                            "web_host")
             }  # fmt: skip
             settings = _settings(args, **flags)
             return _cmd_run(settings) if args.command == "run" else _cmd_once(settings)
+        if args.command == "web":
+            return _cmd_web(
+                _settings(
+                    args, log_level=args.log_level, web_port=args.web_port, web_host=args.web_host
+                )
+            )
         settings = _settings(args, log_level=args.log_level)
         if args.command == "health":
             return _cmd_health(settings)
@@ -181,7 +192,36 @@ def _cmd_once(settings: Settings) -> int:
 
 def _cmd_run(settings: Settings) -> int:
     logs.setup(settings.log_level)
-    return Daemon(Worker(settings)).run(_install_stop_flags())
+    if settings.web_port is None:
+        return Daemon(Worker(settings)).run(_install_stop_flags())
+    from vvflow.web.server import WebServer  # noqa: PLC0415 (only with the page on)
+
+    page = WebServer(settings)
+    daemon = Daemon(Worker(settings))
+    page.start()
+    try:
+        return daemon.run(_install_stop_flags())
+    finally:
+        page.stop()
+
+
+def _cmd_web(settings: Settings) -> int:
+    """Serve the page for a root and process nothing; writes nothing under the root."""
+    from vvflow.web.server import WebServer  # noqa: PLC0415 (the daemon never needs it)
+
+    logs.setup(settings.log_level)
+    operations.existing_layout(settings)
+    page = WebServer(settings)
+    stop_requested = _install_stop_flags()
+    page.start()
+    try:
+        while not stop_requested():
+            if not page.alive():
+                return _fail("web: the page stopped serving (see the log)", RET_FAILED)
+            page.wait(0.2)
+    finally:
+        page.stop()
+    return RET_OK
 
 
 def _cmd_health(settings: Settings) -> int:

@@ -220,6 +220,12 @@ class Settings(BaseSettings):
     dedupe: bool = True
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"
+    #: The web page (`vvflow run --web-port`, `vvflow web`); None: no page.
+    web_port: int | None = Field(default=None, ge=0, le=65535)
+    web_host: str = "127.0.0.1"
+    #: Required by every request when set (bearer token or the login cookie); required
+    #: to bind the page to anything but loopback.
+    web_token: SecretStr | None = None
     #: Named capacities shared by the stages that `use` them (`gpu = 1`).
     resources: dict[str, int] = Field(default_factory=dict)
     stages: list[StageConfig] = Field(default_factory=builtin_stages)

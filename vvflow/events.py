@@ -39,6 +39,7 @@ class Event(StrEnum):
     WATCHING = "watching"
     BATCH = "batch"
     METRICS_SERVING = "metrics_serving"
+    WEB_SERVING = "web_serving"
     RESCAN_FOUND = "rescan_found"
     HASHED = "hashed"
     DUPLICATE = "duplicate"
