@@ -253,7 +253,8 @@ def _cmd_retry(settings: Settings, names: list[str], *, every: bool, from_start:
 
 
 def _cmd_pause(settings: Settings, reason: str | None) -> int:
-    record, already = operations.pause(operations.existing_layout(settings), reason)
+    layout = operations.existing_layout(settings)
+    record, already = operations.pause(layout, reason, targets=settings.notify)
     what = "already paused" if already else "paused"
     sys.stdout.write(
         f"{what} since {record.get('since')}: every instance on {settings.root} finishes what "
@@ -263,7 +264,7 @@ def _cmd_pause(settings: Settings, reason: str | None) -> int:
 
 
 def _cmd_resume(settings: Settings) -> int:
-    if operations.resume(operations.existing_layout(settings)):
+    if operations.resume(operations.existing_layout(settings), settings.notify):
         sys.stdout.write(f"resumed: instances on {settings.root} claim videos again\n")
     else:
         sys.stdout.write(f"not paused: nothing to resume on {settings.root}\n")

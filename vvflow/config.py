@@ -13,6 +13,7 @@ import sys
 import tomllib
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -67,6 +68,10 @@ STAGE_OPTION_FIELDS = (
 DEFAULT_MIN_FREE_BYTES = 256 << 20
 
 _STAGE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_NOTIFY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+#: The events a `[[notify]]` target may ask for.
+NOTIFY_EVENTS = ("completed", "failed", "paused", "resumed", "storage_error", "storage_recovered")
 
 
 def template_fields(template: str) -> list[str]:
@@ -165,6 +170,71 @@ class StageConfig(BaseModel):
         return self
 
 
+class NotifyConfig(BaseModel):
+    """One `[[notify]]` table: a webhook `url` and/or a `command`, for some events."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: For logs, `status` and the outbox's file names; derived from the url's host or
+    #: the command's program when not given.
+    name: str = ""
+    url: str | None = None
+    #: argv; the notification's JSON on stdin; exit 0 is delivered, 65 a refusal.
+    command: list[str] | None = Field(default=None, min_length=1)
+    events: tuple[str, ...] = ("completed", "failed")
+    secret: SecretStr | None = None
+    format: Literal["json", "slack", "discord"] = "json"
+    timeout_seconds: float = Field(default=10.0, gt=0, le=600)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"must be an http:// or https:// URL with a host, not {value!r}")
+        return value
+
+    @field_validator("events")
+    @classmethod
+    def _events(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [e for e in value if e not in NOTIFY_EVENTS]
+        if unknown:
+            raise ValueError(f"unknown event {unknown[0]!r}; known: {', '.join(NOTIFY_EVENTS)}")
+        if not value:
+            raise ValueError(f"needs at least one event; known: {', '.join(NOTIFY_EVENTS)}")
+        return tuple(dict.fromkeys(value))
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if value and not _NOTIFY_NAME.match(value):
+            raise ValueError(
+                f"{value!r}: a notify name is up to 64 letters, digits, '.', '_' and '-', "
+                "starting with a letter or digit"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _target(self) -> NotifyConfig:
+        if self.url is None and self.command is None:
+            raise ValueError("a [[notify]] entry needs a url or a command (or both)")
+        return self
+
+    def derived_name(self) -> str:
+        """The name given, else the url's host or the command's program."""
+        if self.name:
+            return self.name
+        if self.url is not None:
+            base = urlsplit(self.url).hostname or "webhook"
+        else:
+            assert self.command is not None
+            base = PurePosixPath(self.command[0]).name or "command"
+        cleaned = re.sub(r"[^A-Za-z0-9._-]", "-", base).strip(".-_")[:48]
+        return cleaned or "notify"
+
+
 def builtin_stages() -> list[StageConfig]:
     """The pipeline that runs when no `[[stages]]` are configured: vvflow's own stages."""
     vvflow = [sys.executable, "-m", "vvflow", "stage"]
@@ -229,6 +299,10 @@ class Settings(BaseSettings):
     #: Named capacities shared by the stages that `use` them (`gpu = 1`).
     resources: dict[str, int] = Field(default_factory=dict)
     stages: list[StageConfig] = Field(default_factory=builtin_stages)
+    #: `[[notify]]` tables: where completed and failed videos (and more) are told.
+    notify: tuple[NotifyConfig, ...] = ()
+    #: The outbox keeps at most this many notifications; beyond it the oldest go.
+    notify_outbox_max: int = Field(default=10000, ge=1)
 
     # Options of the built-in stages. They reach every stage process as the environment
     # variables of the same name (VVFLOW_SCAN_DETECTOR, VVFLOW_LLM_BASE_URL, ...), which
@@ -331,6 +405,23 @@ class Settings(BaseSettings):
             if amount < 1:
                 raise ValueError(f"{name!r} must be >= 1, not {amount}")
         return value
+
+    @field_validator("notify")
+    @classmethod
+    def _notify(cls, value: tuple[NotifyConfig, ...]) -> tuple[NotifyConfig, ...]:
+        named: list[NotifyConfig] = []
+        seen: set[str] = set()
+        for target in value:
+            name = target.derived_name()
+            if target.name and name in seen:
+                raise ValueError(f"notify name {name!r} is used twice")
+            base, number = name, 1
+            while name in seen:  # two derived from one host: host-2, host-3, ...
+                number += 1
+                name = f"{base}-{number}"
+            seen.add(name)
+            named.append(target.model_copy(update={"name": name}))
+        return tuple(named)
 
     @model_validator(mode="after")
     def _stage_resources(self) -> Settings:

@@ -25,7 +25,7 @@ from typing import Any
 
 from watchdog.observers.api import BaseObserver
 
-from vvflow import atomicfs, filesystem, instance, logs
+from vvflow import atomicfs, filesystem, instance, logs, notify
 from vvflow.errors import ConfigError, LayoutError
 from vvflow.events import Event
 from vvflow.layout import HEALTH, PROGRESS, Candidate, State
@@ -175,6 +175,9 @@ class Daemon:
         self.prepare()
         self._check_pause(self.clock())
         self._recover(self.clock())
+        self.worker.notifier.listen()
+        if not self.burst:
+            self.worker.notifier.start()  # `once` delivers at its end (`drain`)
         for i in range(self.settings.workers):
             thread = threading.Thread(target=self._work_loop, name=f"vvflow-worker-{i}")
             thread.start()
@@ -229,6 +232,8 @@ class Daemon:
         """File or return what this instance still holds, give up the lease and remove
         its folder."""
         self.worker.return_leftovers()
+        with contextlib.suppress(OSError):  # else the next start's recovery does it
+            notify.recover_folder(self.layout, self.worker.lease.folder)
         self.worker.lease.release()
         self.layout.remove_instance_folder(self.worker.lease.folder)
 
@@ -251,6 +256,9 @@ class Daemon:
         for folder in dead:
             repaired = early[folder] + layout.take_over(folder)
             instance.kill_orphan_stages(folder)  # before its videos can be claimed again
+            # After the journal's repair, before its claims go: a staged notification
+            # is published if its video was filed, dropped if it is still a claim.
+            notices: dict[str, Any] = notify.recover_folder(layout, folder)
             returned = layout.return_claims(folder, worker.journal)
             total += [p.name for p in returned]
             logs.event(
@@ -258,6 +266,7 @@ class Daemon:
                 instance=folder.name,
                 videos=[p.name for p in returned],
                 moves_repaired=repaired,
+                **{f"notifications_{k}": v for k, v in notices.items() if v},
             )
         return total
 
@@ -441,6 +450,9 @@ class Daemon:
             self.end_grace()
             for thread in self._threads:
                 thread.join()
+        if self.burst:
+            self.worker.notifier.drain()
+        self.worker.notifier.stop(deadline)
         if self._observer is not None:
             self._observer.stop()
             self._observer.join(timeout=5)

@@ -62,6 +62,12 @@ PUBLISH_PREFIX = ".publish-"
 #: `<stage>_dir`: the key of a stage's folder output among a video's outputs (and its
 #: placeholder for later stages).
 DIR_SUFFIX = "_dir"
+#: `<root>/outbox/`: notifications waiting for delivery, one file per (event, target);
+#: `outbox/rejected/` holds those a receiver refused, each with its answer.
+OUTBOX = "outbox"
+#: `processing/<instance>/.notify/`: notifications staged before their video is filed
+#: (`staged/`) and those this instance is delivering now (`delivering/`).
+NOTIFY = ".notify"
 #: `<root>/index/`: caches of what reports/ and the state folders say, rebuilt if missing.
 INDEX = "index"
 #: `index/names/<stem key>/<name key>`: every name vvflow gave a video, by casefolded stem.
@@ -248,6 +254,7 @@ class Layout:
         self.reports = root / REPORTS
         self.names = root / INDEX / NAMES
         self.files = root / INDEX / FILES
+        self.outbox = root / OUTBOX
         self._claim_lock = threading.Lock()
 
     def folder(self, state: State) -> Path:
@@ -307,6 +314,7 @@ class Layout:
                 atomicfs.makedirs(self.folder(state))
             for name in OUTPUT_DIRS:
                 atomicfs.makedirs(self.root / name)
+            atomicfs.makedirs(self.outbox)
             for path in extra:
                 atomicfs.makedirs(path)
         except OSError as exc:
@@ -316,6 +324,7 @@ class Layout:
     def check_one_filesystem(self, extra: Iterable[Path] = ()) -> None:
         base = self.input.stat().st_dev
         folders = [self.folder(s) for s in State] + [self.root / n for n in OUTPUT_DIRS]
+        folders.append(self.outbox)
         for path in [self.input, *folders, *extra]:
             if path.is_symlink():
                 # Following it would claim (move) files of a folder outside the root.

@@ -17,10 +17,16 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from vvflow import logs
+from vvflow import logs, notify
 from vvflow.events import Event
 from vvflow.layout import Layout, State
 
+_NOTIFY_OUTCOMES = {
+    Event.NOTIFY_DELIVERED: "delivered",
+    Event.NOTIFY_FAILED: "failed",
+    Event.NOTIFY_REJECTED: "rejected",
+    Event.NOTIFY_DROPPED: "dropped",
+}
 STAGE_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, float("inf"))
 
 
@@ -79,6 +85,15 @@ class _Snapshot(Collector):
                     "Bytes free under the storage root",
                     value=float(snap["free_bytes"]),
                 )
+        outbox = GaugeMetricFamily(
+            "vvflow_notify_outbox",
+            "Notifications in the root's outbox: waiting for delivery (ready), refused by "
+            "their receiver (rejected), dropped over notify_outbox_max (dropped)",
+            labels=["kind"],
+        )
+        for kind, count in notify.sizes(self.layout).items():
+            outbox.add_metric([kind], float(count))
+        yield outbox
         if self.live is not None:
             yield from _live_metrics(self.live())
 
@@ -163,8 +178,13 @@ class Metrics:
         self.blocked = Gauge("vvflow_videos_blocked",
                              "Files in pending/ this instance may not move (permissions)",
                              registry=r)  # fmt: skip
+        self.notifications = Counter("vvflow_notifications",
+                                     "Notification deliveries by this instance, by outcome",
+                                     ["outcome"], registry=r)  # fmt: skip
         for source in ("event", "rescan"):
             self.found.labels(source)
+        for outcome in ("delivered", "failed", "rejected", "dropped"):
+            self.notifications.labels(outcome)
         self.registry.register(_Snapshot(layout, queue_length, heartbeat, storage, live))
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
@@ -196,6 +216,8 @@ class Metrics:
             self.blocked.set(int(fields.get("blocked", 0)))
         elif name == Event.DOUBLE_CLAIM:
             self.double_claims.inc()
+        elif name in _NOTIFY_OUTCOMES:
+            self.notifications.labels(_NOTIFY_OUTCOMES[name]).inc(int(fields.get("dropped", 1)))
         elif name == Event.RECOVERED:
             self.takeovers.inc()
             self.recovered.inc(len(fields.get("videos", ())))

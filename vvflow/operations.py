@@ -9,11 +9,12 @@ from __future__ import annotations
 import getpass
 import os
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from vvflow import instance, report
-from vvflow.config import Settings
+from vvflow import instance, notify, report
+from vvflow.config import NotifyConfig, Settings
 from vvflow.errors import ConfigError, LayoutError
 from vvflow.layout import MOVES, Layout, State
 from vvflow.pipeline import Pipeline
@@ -97,14 +98,27 @@ def retry(
     return done
 
 
-def pause(layout: Layout, reason: str | None, by: str | None = None) -> tuple[dict[str, Any], bool]:
+def pause(
+    layout: Layout,
+    reason: str | None,
+    by: str | None = None,
+    targets: Iterable[NotifyConfig] = (),
+) -> tuple[dict[str, Any], bool]:
     """Pause every instance on the root; returns the pause record and whether the root
-    was paused already (then the record is the earlier pause's)."""
+    was paused already (then the record is the earlier pause's). A new pause is told to
+    the `targets` that want `paused` (the settings' `notify`)."""
     before = layout.paused()
     record = layout.pause(by or operator(), reason)
+    if before is None:
+        notify.notify_root(layout, targets, "paused", by=record.get("by"),
+                           reason=record.get("reason"), since=record.get("since"))  # fmt: skip
     return record, before is not None
 
 
-def resume(layout: Layout) -> bool:
-    """Lift the pause; False when the root was not paused."""
-    return layout.resume()
+def resume(layout: Layout, targets: Iterable[NotifyConfig] = (), by: str | None = None) -> bool:
+    """Lift the pause; False when the root was not paused. Told to the `targets` that
+    want `resumed`."""
+    resumed = layout.resume()
+    if resumed:
+        notify.notify_root(layout, targets, "resumed", by=by or operator())
+    return resumed

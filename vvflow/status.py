@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vvflow import atomicfs, instance, report
+from vvflow import atomicfs, instance, notify, report
 from vvflow.daemon import read_health
 from vvflow.dedupe import ContentIndex
 from vvflow.layout import PROGRESS, Layout, State
@@ -138,6 +138,9 @@ def collect(layout: Layout, lease_seconds: float, *, filed: bool = True) -> dict
         "ignored": [{"name": i.name, "reason": i.reason} for i in ignored],
         "blocked": sorted(blocked.values(), key=lambda b: str(b["name"])),
         "instances": instances,
+        # Notifications waiting in outbox/, refused (outbox/rejected/), dropped by the
+        # bound (notify_outbox_max).
+        "outbox": notify.sizes(layout),
     }
 
 
@@ -289,6 +292,14 @@ def render(data: dict[str, Any], width: int | None = None) -> str:
         [[s.value, str(data[s.value]), notes.get(s.value, "")] for s in State],
     )
     lines += _render_storage(data.get("storage"))
+    outbox = data.get("outbox") or {}
+    if any(outbox.values()):
+        lines += [
+            "",
+            f"NOTIFICATIONS {outbox.get('ready', 0)} waiting in outbox/, "
+            f"{outbox.get('rejected', 0)} rejected (outbox/rejected/), "
+            f"{outbox.get('dropped', 0)} dropped (over notify_outbox_max)",
+        ]
     if data["processing_now"]:
         lines.append("")
         rows = [

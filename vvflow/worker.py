@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import calendar
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vvflow import dedupe, instance, logs, report, storage
+from vvflow import atomicfs, dedupe, instance, logs, notify, report, storage
 from vvflow.config import Settings
 from vvflow.errors import (
     Blocked,
@@ -84,6 +85,11 @@ class Worker:
         self.layout = Layout(settings.root, settings.extensions, self.pipeline.all_outputs)
         self.id = instance.InstanceId.current()
         self.lease = instance.Lease(self.layout.processing / self.id.name, settings.lease_seconds)
+        #: Where completed and failed videos are told (`[[notify]]`).
+        self.notifier = notify.Notifier(
+            settings.notify, self.layout, self.lease.folder, self.id.name,
+            settings.notify_outbox_max,
+        )  # fmt: skip
         #: What this instance has seen of the others' heartbeats (see instance.Liveness).
         self.liveness = instance.Liveness(settings.lease_seconds)
         self.index = dedupe.ContentIndex(self.layout, self.liveness)
@@ -231,6 +237,10 @@ class Worker:
         except (OSError, LayoutError) as exc:
             self.storage.failed(f"cannot move {path.name!r} to {state}/: {exc}")
             return False
+        if state in (State.COMPLETED, State.FAILED):
+            self.notifier.publish(path.name)  # staged before its filing failed, if at all
+        else:
+            self.notifier.drop(path.name)
         event = {State.COMPLETED: Event.COMPLETED, State.FAILED: Event.FAILED}.get(
             state, Event.RELEASED
         )
@@ -453,6 +463,7 @@ class Worker:
     ) -> None:
         """Forget a run whose video changed under it: its outputs and report describe
         content that is gone. A file still there goes back to pending/ to start afresh."""
+        self.notifier.drop(claim.name)
         with contextlib.suppress(OSError):
             self.layout.discard(claim.name, rep)  # its outputs, folders too, and report
         shutil.rmtree(workspace, ignore_errors=True)
@@ -502,6 +513,49 @@ class Worker:
             returned_to_pending=returned,
             failed=failed,
         )
+
+    def _stage_notice(
+        self, claim: Claim, rep: report.Report, state: State, duration: float
+    ) -> None:
+        """Stage the notifications of a video about to be filed under `state` (none for
+        pending/). Raise StorageFailed when they cannot be written for the storage: the
+        video is then not filed, and its next run notifies."""
+        if state not in (State.COMPLETED, State.FAILED):
+            self.notifier.drop(claim.name)
+            return
+        if not self.notifier.wants(state.value):
+            return
+        outputs: dict[str, str] = {}
+        logline: str | None = None
+        for stage, path in self.pipeline.all_outputs(claim.name, claim.stem).items():
+            if not os.path.lexists(path):
+                continue
+            outputs[stage] = path.relative_to(self.layout.root).as_posix()
+            if stage == "logline":
+                with contextlib.suppress(ValueError, TypeError, KeyError):
+                    text = json.loads(atomicfs.read_regular(path) or b"")["logline"]
+                    logline = text if isinstance(text, str) else None
+        record = notify.payload(
+            state.value,
+            root=self.layout.root,
+            instance=self.id.name,
+            video=claim.name,
+            state=state.value,
+            stage=rep.failed_stage,
+            error=rep.error,
+            outputs=outputs,
+            logline=logline,
+            duration_s=round(duration, 3),
+        )
+        try:
+            self.notifier.stage(claim.name, record)
+        except OSError as exc:
+            self.notifier.drop(claim.name)
+            message = f"cannot stage the notifications of {claim.name!r}: {exc.strerror}"
+            if is_storage_error(exc):
+                raise StorageFailed(message) from None
+            logs.event(Event.NOTIFY_UNWRITABLE, level=logging.ERROR, video=claim.name,
+                       error=message)  # fmt: skip
 
     def _forget_changes(self, inode: int) -> None:
         """A video was filed: the next upload of that name starts counting afresh."""
@@ -680,6 +734,9 @@ class Worker:
                 save(True)
                 if state == State.COMPLETED and self.settings.dedupe:
                     content.record(workspace)
+                # Its notifications before the video is filed: a crash after the move
+                # still delivers them (recovery publishes them), one before it does not.
+                self._stage_notice(claim, rep, state, duration)
             except StorageFailed as exc:
                 # Its report cannot say where it goes, so it is not filed: back to
                 # pending/, where its report as last written lets it resume.
@@ -689,8 +746,10 @@ class Worker:
             self._guard(claim)
             dest = self.layout.finish(claim, state, self.lease.folder)
             if state != State.PENDING:
+                self.notifier.publish(claim.name)
                 self._forget_changes(claim.identity.inode)
         except LeaseLost as exc:
+            self.notifier.drop(claim.name)
             logs.event(Event.LEASE_LOST, level=logging.WARNING, video=claim.name, error=str(exc))
             return None
         except ClaimChanged as exc:
@@ -706,9 +765,12 @@ class Worker:
             rep.state, rep.error = State.FAILED, str(exc)
             try:
                 save(True)
+                self._stage_notice(claim, rep, State.FAILED, duration)
                 dest = self.layout.finish(claim, State.FAILED, self.lease.folder)
             except (LayoutError, LeaseLost, ClaimChanged, OSError, StorageFailed):
+                self.notifier.drop(claim.name)
                 return None
+            self.notifier.publish(claim.name)
             state = State.FAILED
         except OSError as exc:
             # The move itself failed (the link fallback's intent on a full disk): the
