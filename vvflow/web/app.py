@@ -367,10 +367,12 @@ class WebApp:
             reason = (_field(form, "reason") or "").strip()[:500] or None
             client = request.client.host if request.client else "?"
             by = f"{operations.operator()} (web page, from {client})"
-            record, already = operations.pause(layout, reason, by=by)
+            record, already = operations.pause(layout, reason, by=by, targets=settings.notify)
             return f"{'already paused' if already else 'paused'} since {record.get('since')}"
         if what == "resume":
-            if operations.resume(layout):
+            client = request.client.host if request.client else "?"
+            by = f"{operations.operator()} (web page, from {client})"
+            if operations.resume(layout, settings.notify, by=by):
                 return "resumed: instances claim videos again"
             return "not paused: nothing to resume"
         raise HTTPException(404)
