@@ -23,6 +23,8 @@ from urllib.parse import quote, urlencode, urlsplit
 import pytest
 
 from tests.conftest import Root
+from vvflow import status
+from vvflow.layout import Layout, State
 
 WEB_STAGE = Path(__file__).with_name("web_stage.py")
 # (A name cannot hold "/": no closing tags.)
@@ -418,6 +420,22 @@ def test_pause_resume_and_retry_change_the_folders(site: Site) -> None:
     assert report["state"] == "pending"
     assert report["failed_stage"] is None and report["error"] is None
     site.wait_overview(lambda d: d["counts"]["failed"] == 0 and d["counts"]["pending"] == 2)
+
+
+def test_overview_never_looks_into_completed_or_failed(tmp_path: Path) -> None:
+    """Its cost does not grow with the filed videos: `collect(filed=False)` reads neither
+    folder (here each is a file, which any listing of it would trip over)."""
+    layout = Layout(tmp_path, (".mp4",))
+    layout.ensure()
+    (tmp_path / "input" / "pending" / "a.mp4").write_bytes(b"x")
+    for state in (State.COMPLETED, State.FAILED):
+        layout.folder(state).rmdir()
+        layout.folder(state).write_text("not a folder")
+    data = status.collect(layout, 60, filed=False)
+    assert data["pending"] == 1 and data["processing"] == 0
+    assert "completed" not in data and "failures" not in data
+    with pytest.raises(NotADirectoryError):
+        status.collect(layout, 60)
 
 
 # -- the token ---------------------------------------------------------------------------

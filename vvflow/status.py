@@ -127,13 +127,13 @@ def collect(layout: Layout, lease_seconds: float, *, filed: bool = True) -> dict
         State.FAILED.value: len(failures),
         "duplicates": ContentIndex(layout).duplicate_count(),
         "failures": failures,
-    }
+    } if filed else {}  # fmt: skip
     return {
         "root": str(layout.root),
         "paused": layout.paused(),
         State.PENDING.value: len(candidates),
         State.PROCESSING.value: len(processing),
-        **(counted if filed else {}),
+        **counted,
         "processing_now": processing,
         "ignored": [{"name": i.name, "reason": i.reason} for i in ignored],
         "blocked": sorted(blocked.values(), key=lambda b: str(b["name"])),
