@@ -30,6 +30,7 @@ WEB_STAGE = Path(__file__).with_name("web_stage.py")
 # (A name cannot hold "/": no closing tags.)
 HOSTILE = "we\"ird '<script>alert(1)<script> 50% ?q=1 #frag\nline2 &amp;.mp4"
 HOSTILE_IGNORED = 'x"<script>alert(2)<script>.txt'
+HOSTILE_FAILED = "fail '<script>alert(3)<script> #1?x=%41\n.mp4"
 SCRIPT = "<script>alert("
 TOKEN = "s3cret-token-for-tests"
 
@@ -169,11 +170,11 @@ def filled(tmp_path_factory: pytest.TempPathFactory, video_bytes: bytes) -> Root
     root = Root(base / "root", base / "runs.log", video_bytes)
     root.folder("pending").mkdir(parents=True)
     configure(root)
-    for name in ("plain.mp4", HOSTILE, "broken-fail.mp4"):
+    for name in ("plain.mp4", HOSTILE, "broken-fail.mp4", HOSTILE_FAILED):
         root.drop(name)
     root.vvflow("once", check=1, env={"XDG_CACHE_HOME": str(base / "cache")})
     assert root.names("completed") == sorted(["plain.mp4", HOSTILE])
-    assert root.names("failed") == ["broken-fail.mp4"]
+    assert root.names("failed") == sorted(["broken-fail.mp4", HOSTILE_FAILED])
     root.drop("waiting.mp4")
     (root.folder("pending") / HOSTILE_IGNORED).write_text("notes")
     keyframes = root.path / "keyframes" / "plain"
@@ -214,8 +215,8 @@ def assert_escaped(html: str) -> None:
 
 
 def test_overview_counts_sections_and_api(site: Site) -> None:
-    data = site.wait_overview(lambda d: d["counts"]["failed"] == 1)
-    assert data["counts"] == {"pending": 1, "processing": 0, "completed": 2, "failed": 1}
+    data = site.wait_overview(lambda d: d["counts"]["failed"] == 2)
+    assert data["counts"] == {"pending": 1, "processing": 0, "completed": 2, "failed": 2}
     assert data["paused"] is None
     assert [i["name"] for i in data["ignored"]] == [HOSTILE_IGNORED]
     assert "not a video extension" in data["ignored"][0]["reason"]
@@ -262,7 +263,9 @@ def test_lists_newest_first_search_and_paging(site: Site) -> None:
     assert second.status == 200
     assert "<tr data-video" not in second.text
     failed = site.get("/failed")
-    assert re.findall(r'<tr data-video="([^"]*)">', failed.text) == ["broken-fail.mp4"]
+    rows = re.findall(r'<tr data-video="([^"]*)">', failed.text)
+    assert sorted(rows) == sorted(["broken-fail.mp4", esc(HOSTILE_FAILED)])
+    assert_escaped(failed.text)
     assert '<form class="retry" method="post" action="/actions/retry">' in failed.text
     assert '<form id="retry-all" method="post" action="/actions/retry-all">' in failed.text
     assert "RuntimeError: cannot decode" in failed.text or "exit code 1" in failed.text
@@ -382,7 +385,7 @@ def test_posts_need_the_csrf_token(site: Site) -> None:
     assert site.post("/actions/pause", {"reason": "x", "csrf": "0" * 64}).status == 403
     assert site.post("/actions/retry-all", {}).status == 403
     assert not pause_file.exists()
-    assert site.root.names("failed") == ["broken-fail.mp4"]
+    assert site.root.names("failed") == sorted(["broken-fail.mp4", HOSTILE_FAILED])
 
 
 def test_pause_resume_and_retry_change_the_folders(site: Site) -> None:
@@ -414,12 +417,25 @@ def test_pause_resume_and_retry_change_the_folders(site: Site) -> None:
     reply = site.post("/actions/retry", {"csrf": csrf, "name": "broken-fail.mp4",
                                          "next": "https://evil.example/"})  # fmt: skip
     assert reply.status == 303 and reply.headers["Location"] == "/failed"
-    assert root.names("failed") == []
+    assert root.names("failed") == [HOSTILE_FAILED]
     assert "broken-fail.mp4" in root.names("pending")
     report = root.report("broken-fail.mp4")
     assert report["state"] == "pending"
     assert report["failed_stage"] is None and report["error"] is None
-    site.wait_overview(lambda d: d["counts"]["failed"] == 0 and d["counts"]["pending"] == 2)
+    # Retry from a hostile name's own page: back to that very page.
+    url = "/videos/" + quote(HOSTILE_FAILED, safe="")
+    page = site.get(url).text
+    back = re.search(r'<form class="retry".*?name="next" value="([^"]*)"', page, re.DOTALL)
+    assert back is not None and back.group(1) == url
+    fields = {"csrf": csrf, "name": HOSTILE_FAILED, "next": back.group(1)}
+    reply = site.post("/actions/retry", fields)
+    assert reply.status == 303 and reply.headers["Location"] == url
+    assert root.names("failed") == []
+    assert HOSTILE_FAILED in root.names("pending")
+    flash = site.get(url, Cookie=reply.headers["Set-Cookie"].split(";", 1)[0]).text
+    assert 'class="flash ok"' in flash and "-&gt; input/pending/" in flash
+    assert_escaped(flash)
+    site.wait_overview(lambda d: d["counts"]["failed"] == 0 and d["counts"]["pending"] == 3)
 
 
 def test_overview_never_looks_into_completed_or_failed(tmp_path: Path) -> None:

@@ -141,7 +141,7 @@ class WebApp:
             csrf=self.guard.csrf,
             flash=flash,
             path=request.url.path,
-            here=request.url.path + (f"?{request.url.query}" if request.url.query else ""),
+            here=_here(request),
             auth=self.guard.token is not None,
             **context,
         )
@@ -376,6 +376,14 @@ class WebApp:
                 return "resumed: instances claim videos again"
             return "not paused: nothing to resume"
         raise HTTPException(404)
+
+
+def _here(request: Request) -> str:
+    """This page's path and query as a URL (the path quoted again: a video's name may
+    hold `?`, `#`, `%` or a newline), for a form's way back."""
+    path: str = request.scope["path"]
+    query = request.scope.get("query_string", b"").decode("latin-1")
+    return quote(path, safe="/") + (f"?{query}" if query else "")
 
 
 def _field(form: FormData, key: str) -> str | None:
