@@ -578,7 +578,10 @@ def test_run_serves_the_page_and_stops_with_the_daemon(root: Root, tmp_path: Pat
         assert [v["name"] for i in data["instances"] for v in i["videos"]] == ["running.mp4"]
         now = site.get("/now").text
         assert '<tr data-video="running.mp4">' in now and "halfway" in now
-        assert site.get("/videos/running.mp4").status == 200
+        page = site.get("/videos/running.mp4")
+        assert page.status == 200
+        assert "Running <strong>logline</strong>, attempt 1" in page.text
+        assert '<progress max="1" value="0.5">' in page.text and "halfway" in page.text
         release.write_text("go")
         site.wait_overview(lambda d: d["counts"]["completed"] == 1 and not d["now"])
     finally:

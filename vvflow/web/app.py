@@ -226,7 +226,11 @@ class WebApp:
         page = await run_in_threadpool(video.collect, self.layout, self.pipeline, name)
         if not page.found:
             raise HTTPException(404)
-        return self.render(request, "video.html", title=name, video=page)
+        running = None
+        if page.state == State.PROCESSING.value:
+            now = (await run_in_threadpool(self.overview))["now"]
+            running = next((entry for entry in now if entry["name"] == name), None)
+        return self.render(request, "video.html", title=name, video=page, running=running)
 
     async def page_list(self, request: Request) -> Response:
         state = State.COMPLETED if request.url.path == "/completed" else State.FAILED
