@@ -419,6 +419,8 @@ def test_pause_resume_and_retry_change_the_folders(site: Site) -> None:
     assert reply.status == 303 and reply.headers["Location"] == "/failed"
     assert root.names("failed") == [HOSTILE_FAILED]
     assert "broken-fail.mp4" in root.names("pending")
+    listed = site.get("/failed").text  # at once, where the redirect goes
+    assert re.findall(r'<tr data-video="([^"]*)">', listed) == [esc(HOSTILE_FAILED)]
     report = root.report("broken-fail.mp4")
     assert report["state"] == "pending"
     assert report["failed_stage"] is None and report["error"] is None

@@ -348,6 +348,9 @@ class WebApp:
             return self.back(request, form, default, "error", str(exc))
         except OSError as exc:
             return self.back(request, form, default, "error", _os_error(what, exc))
+        if what.startswith("retry"):
+            # The page it goes back to lists failed/ as it is now, not a second ago.
+            await run_in_threadpool(self.catalog.refresh, False)
         return self.back(request, form, default, "ok", text)
 
     def _act(self, what: str, form: FormData, request: Request) -> str:
