@@ -25,6 +25,7 @@ import pytest
 from tests.conftest import Root
 from vvflow import status
 from vvflow.layout import Layout, State
+from vvflow.web.security import is_loopback
 
 WEB_STAGE = Path(__file__).with_name("web_stage.py")
 # (A name cannot hold "/": no closing tags.)
@@ -155,6 +156,8 @@ def configure(root: Root, logline: str = "logline", **top: Any) -> None:
              **quick},
             {"name": "logline", "command": [*py, logline, "{output}"],
              "output": "loglines/{stem}.logline.json", **quick},
+            {"name": "tag", "command": [*py, "tag", "{output}", "{output_dir}"],
+             "output": "tags/{name}.tag", "output_dir": "extra/{stem}", **quick},
         ],
         min_free_bytes=0,
         **top,
@@ -305,6 +308,18 @@ def test_video_page_shows_every_output(site: Site) -> None:
     assert kinds["subtitles.vtt"].startswith("text/vtt")
     assert kinds["timeline.otio"].startswith("text/plain")
     assert "leak.jpg" not in kinds and "inside.json" not in kinds and "fifo.jpg" not in kinds
+    # Outputs that are not the built-in ones are linked too: a file of no known type is
+    # a download (it never runs as a page), a text file in a nested folder is text.
+    assert kinds["note.txt"].startswith("text/plain")
+    assert kinds["plain.mp4.tag"] == "application/octet-stream"
+    tag = site.get("/files/tags/plain.mp4.tag")
+    assert tag.headers["Content-Disposition"].startswith("attachment")
+    assert "sandbox" in tag.headers["Content-Security-Policy"]
+    assert site.get("/files/extra/plain/deep/note.txt").text == "a note on plain.mp4\n"
+    pending = site.get("/videos/waiting.mp4")  # a video in any state has its page
+    assert pending.status == 200
+    assert '<span class="badge pending">pending</span>' in pending.text
+    assert "No stage has run yet." in pending.text
     failed = site.get("/videos/broken-fail.mp4").text
     assert "RuntimeError: cannot decode" in failed  # the stderr tail
     assert "<td>1</td>" in failed  # its exit code
@@ -492,17 +507,24 @@ def test_token_login_and_cookie(filled: Root, tmp_path: Path) -> None:
 
 
 def test_non_loopback_without_token_refused(filled: Root, tmp_path: Path) -> None:
+    for host in ("127.0.0.1", "127.1.2.3", "::1", "[::1]", "localhost", "LocalHost"):
+        assert is_loopback(host), host
+    for host in ("0.0.0.0", "::", "192.0.2.1", "example.com", "localhost.example",
+                 "127.0.0.1.nip.io", ""):  # fmt: skip
+        assert not is_loopback(host), host
     env = web_env(tmp_path / "cache")
-    for command in ("web", "run"):
-        for host in ("0.0.0.0", "192.0.2.1", "::"):
-            proc = subprocess.run(
-                [sys.executable, "-m", "vvflow", command, "--root", str(filled.path),
-                 "--web-host", host, "--web-port", "0"],
-                capture_output=True, text=True, timeout=30, env=env,
-            )  # fmt: skip
-            assert proc.returncode == 2, proc.stderr
-            lines = proc.stderr.strip().splitlines()
-            assert len(lines) == 1 and "web_token" in lines[0], proc.stderr
+    for command, host in (("web", "0.0.0.0"), ("run", "::")):
+        proc = subprocess.run(
+            [sys.executable, "-m", "vvflow", command, "--root", str(filled.path),
+             "--web-host", host, "--web-port", "0"],
+            capture_output=True, text=True, timeout=30, env=env,
+        )  # fmt: skip
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and "web_token" in lines[0], proc.stderr
+    assert not (filled.path / "input" / "processing").exists() or not any(
+        (filled.path / "input" / "processing").iterdir()
+    )  # `run` refused before taking a lease
 
 
 # -- a read-only root ----------------------------------------------------------------------

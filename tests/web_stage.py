@@ -10,6 +10,8 @@ fast and without reading the video:
               gets subtitles.vtt and timeline.otio
   logline     OUTPUT, a logline JSON
   hold:FILE   say its progress (0.5, "halfway"), wait until FILE exists, then as logline
+  tag         OUTPUT, a file of no known type, and FOLDER/deep/note.txt: outputs that
+              are not the built-in ones
 """
 
 from __future__ import annotations
@@ -76,6 +78,13 @@ def main() -> int:
             "captions": [{"text": "OPEN <b>DAY</b>", "first_s": 0.2, "last_s": 2.1}],
             "transcript": {"status": "transcribed", "text": "The old bridge opens next spring."},
         })  # fmt: skip
+        return 0
+    if mode == "tag":
+        os.mkdir(os.path.join(rest[0], "deep"))
+        with open(os.path.join(rest[0], "deep", "note.txt"), "w", encoding="utf-8") as fh:
+            fh.write(f"a note on {name}\n")
+        with open(output, "wb") as fh:
+            fh.write(b"<html><script>alert('tag')</script></html>")
         return 0
     if mode.startswith("hold:"):
         sys.stderr.write("vvflow:progress 0.5 halfway\n")
