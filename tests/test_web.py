@@ -315,6 +315,7 @@ def test_video_page_shows_every_output(site: Site) -> None:
     tag = site.get("/files/tags/plain.mp4.tag")
     assert tag.headers["Content-Disposition"].startswith("attachment")
     assert "sandbox" in tag.headers["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in tag.headers["Content-Security-Policy"]
     assert site.get("/files/extra/plain/deep/note.txt").text == "a note on plain.mp4\n"
     pending = site.get("/videos/waiting.mp4")  # a video in any state has its page
     assert pending.status == 200

@@ -273,7 +273,7 @@ class WebApp:
         headers = {
             "content-length": str(st.st_size),
             # A file is never a page: no script runs in it, whatever it holds.
-            "content-security-policy": "default-src 'none'; sandbox",
+            "content-security-policy": "default-src 'none'; sandbox; frame-ancestors 'none'",
         }
         if kind is None:
             kind = "application/octet-stream"
