@@ -181,9 +181,10 @@ def _metric(port: int, line_start: str) -> float:
 
 
 def test_receiver_down_while_ten_finish_gets_all_when_back(root: Root) -> None:
+    """Two instances on the root: each entry is delivered by one of them, once."""
     receiver = Receiver()  # not started: its port refuses connections
     _configure(root, [_webhook(receiver)], workers=2)
-    run = Run(root, "--metrics-port", "0")
+    run, other = Run(root, "--metrics-port", "0"), Run(root)
     try:
         names = [f"v{i:02d}.mp4" for i in range(10)]
         for name in names:
@@ -209,8 +210,14 @@ def test_receiver_down_while_ten_finish_gets_all_when_back(root: Root) -> None:
         wait_for(lambda: not _outbox(root) and not _delivering(root), what="outbox emptied")
     finally:
         run.stop()
+        other.stop()
         receiver.stop()
     accepted = receiver.accepted()
+    assert len(accepted) == 10, "two instances never deliver one entry twice"
+    senders = {
+        e["video"] for r in (run, other) for e in r.events() if e["event"] == "notify_delivered"
+    }
+    assert len(senders) == 10
     by_video: dict[str, set[str]] = {}
     for request in accepted:
         body = _check_payload(request, request.json["video"], root)
@@ -393,6 +400,18 @@ def test_outbox_bound_drops_the_oldest(root: Root) -> None:
         receiver.stop()
     assert sorted(r.json["video"] for r in receiver.accepted()) == sorted(order[2:])
     assert root.status()["outbox"] == {"ready": 0, "rejected": 0, "dropped": 2}
+
+
+def test_storage_trouble_is_told(root: Root, receiver: Receiver) -> None:
+    receiver.start()
+    _configure(root, [_webhook(receiver, events=["storage_error", "completed"])])
+    root.drop("e.mp4")
+    root.vvflow("once", "--min-free-bytes", str(1 << 62), check=75)
+    [request] = receiver.accepted()
+    body = request.json
+    assert request.signed_by(SECRET) and body["event"] == "storage_error"
+    assert "less than min_free_bytes" in body["error"] and body["video"] is None
+    assert isinstance(body["free_bytes"], int) and body["instance"]
 
 
 @pytest.mark.parametrize(

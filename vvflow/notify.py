@@ -413,6 +413,9 @@ class Notifier:
         self._thread: threading.Thread | None = None
         #: Target name -> monotonic time before which it is not tried again.
         self._down_until: dict[str, float] = {}
+        #: Targets whose last delivery succeeded: their entries are tried at once,
+        #: whatever their next try time (a receiver back up gets its backlog now).
+        self._up: set[str] = set()
         self._dropped = 0
         self._unknown: set[str] = set()
         self._unsubscribe: Callable[[], None] | None = None
@@ -556,7 +559,7 @@ class Notifier:
                 continue
             if self._down_until.get(target.name, 0) > now:
                 continue
-            if not eager and entry.next_ms > time.time() * 1000:
+            if not (eager or target.name in self._up) and entry.next_ms > time.time() * 1000:
                 continue
             delivered += self._deliver(entry, target)
         return delivered
@@ -631,6 +634,7 @@ class Notifier:
         with contextlib.suppress(FileNotFoundError):
             mine.unlink()
         self._down_until.pop(target.name, None)
+        self._up.add(target.name)
         logs.event(Event.NOTIFY_DELIVERED, target=target.name, id=entry.id,
                    notification=record.get("event"), video=record.get("video"),
                    attempts=entry.attempts + 1, duration_s=time.monotonic() - started)  # fmt: skip
@@ -648,6 +652,7 @@ class Notifier:
         with contextlib.suppress(FileNotFoundError):
             os.rename(mine, self.layout.outbox / later.name)
         self._down_until[target.name] = time.monotonic() + wait
+        self._up.discard(target.name)
         logs.event(Event.NOTIFY_FAILED, level=logging.WARNING, target=target.name, id=entry.id,
                    attempts=attempts, retry_in_s=round(wait, 1), error=error,
                    duration_s=took)  # fmt: skip
