@@ -6,9 +6,11 @@ filed; nothing in vvflow is patched)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,6 +24,7 @@ import pytest
 from tests.conftest import Root, events
 from tests.notify_receiver import Receiver, free_port
 from tests.test_adversarial_support import clean_env, wait_for
+from vvflow.notify import ONCE_SECONDS
 
 SECRET = "s3cret-for-tests"
 REPO = Path(__file__).resolve().parents[1]
@@ -192,15 +195,17 @@ def test_receiver_down_while_ten_finish_gets_all_when_back(root: Root) -> None:
         wait_for(lambda: len(root.names("completed")) == 10, what="ten videos filed")
         wait_for(lambda: len(_outbox(root)) + len(_delivering(root)) == 10, what="ten waiting")
         assert not _staged(root)
+        wait_for(lambda: any(e["event"] == "notify_failed" for e in run.events()),
+                 what="a delivery that failed, to be tried again")  # fmt: skip
         failed = [e for e in run.events() if e["event"] == "notify_failed"]
-        assert failed and all(e["retry_in_s"] <= 60 for e in failed)
-        status = root.status()["outbox"]
-        assert status["ready"] + len(_delivering(root)) >= 10 - 1, status
+        assert all(0 < e["retry_in_s"] <= 60 for e in failed)
+        status = root.status()["outbox"]  # at most one entry per instance being tried
+        assert 8 <= status["ready"] <= 10 and status["rejected"] == status["dropped"] == 0
         text = root.vvflow("status", check=0).stdout
         assert "NOTIFICATIONS" in text and "waiting in outbox/" in text
         serving = next(e for e in run.events() if e["event"] == "metrics_serving")
         port = int(serving["address"].rsplit(":", 1)[1].split("/")[0])
-        assert _metric(port, 'vvflow_notify_outbox{kind="ready"}') >= 9
+        assert _metric(port, 'vvflow_notify_outbox{kind="ready"}') >= 8
         assert _metric(port, 'vvflow_notifications_total{outcome="failed"}') >= 1
         came_back = time.monotonic()
         receiver.start()
@@ -228,21 +233,34 @@ def test_receiver_down_while_ten_finish_gets_all_when_back(root: Root) -> None:
     print(f"\nreceiver back: all ten delivered {took:.1f}s later")
 
 
+@contextlib.contextmanager
+def _hung(port: int) -> Iterator[None]:
+    """A receiver that takes connections and never answers: a delivery to it hangs
+    until its timeout, holding its entry."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        sock.listen(64)
+        yield
+
+
 def test_kill_9_between_filing_and_delivery_delivers_after_restart(root: Root) -> None:
-    receiver = Receiver()  # down: the entries wait
-    _configure(root, [_webhook(receiver)], workers=2)
-    run = Run(root)
+    receiver = Receiver()
+    _configure(root, [_webhook(receiver, timeout_seconds=60)], workers=2)
     names = [f"k{i}.mp4" for i in range(4)]
-    for name in names:
-        root.drop(name)
-    try:
-        wait_for(lambda: len(root.names("completed")) == 4, what="four videos filed")
-        # Killed while the delivery thread holds one entry (tenacity waits between tries).
-        wait_for(lambda: bool(_delivering(root)), what="an entry being delivered")
-    finally:
-        run.stop(signal.SIGKILL)
-    held = len(_delivering(root))
-    assert held >= 1 and len(_outbox(root)) + held == 4
+    with _hung(receiver.port):
+        run = Run(root)
+        for name in names:
+            root.drop(name)
+        try:
+            wait_for(lambda: len(root.names("completed")) == 4, what="four videos filed")
+            wait_for(lambda: bool(_delivering(root)), what="an entry being delivered")
+        finally:
+            run.stop(signal.SIGKILL)
+    # One held by the hung delivery; the last one filed may still be staged (killed
+    # between its filing and its publishing): recovery publishes it.
+    staged = len(_staged(root))
+    assert len(_delivering(root)) == 1 and len(_outbox(root)) + staged == 3
     receiver.start()
     try:
         proc = root.vvflow("once", check=0)
@@ -251,7 +269,8 @@ def test_kill_9_between_filing_and_delivery_delivers_after_restart(root: Root) -
     finally:
         receiver.stop()
     recovered = [e for e in events(proc.stderr) if e["event"] == "recovered"]
-    assert recovered and recovered[0].get("notifications_returned") == held
+    assert recovered and recovered[0].get("notifications_returned") == 1
+    assert recovered[0].get("notifications_published", 0) == staged
     by_video: dict[str, set[str]] = {}
     for request in receiver.accepted():
         body = _check_payload(request, request.json["video"], root)
@@ -259,6 +278,30 @@ def test_kill_9_between_filing_and_delivery_delivers_after_restart(root: Root) -
     assert sorted(by_video) == names
     assert all(len(ids) == 1 for ids in by_video.values()), "a repeat carries the same id"
     assert _outbox(root) == [] and not _delivering(root)
+
+
+def test_a_hung_receiver_delays_neither_shutdown_past_the_grace_nor_once(root: Root) -> None:
+    port = free_port()
+    _configure(root, [{"url": f"http://127.0.0.1:{port}/hook", "timeout_seconds": 60}],
+               shutdown_grace_seconds=1.0)  # fmt: skip
+    with _hung(port):
+        run = Run(root)
+        root.drop("h.mp4")
+        wait_for(lambda: bool(_delivering(root)), what="a delivery hanging")
+        asked = time.monotonic()
+        run.stop()
+        took = time.monotonic() - asked
+        assert run.proc.returncode == 0
+        assert took < 1.0 + 3.0, f"stopped {took:.1f}s after SIGTERM with a 1s grace"
+        assert len(_outbox(root)) == 1 and not _delivering(root), "back in outbox/ on the way out"
+        started = time.monotonic()
+        once = root.vvflow("once", check=0)
+        once_took = time.monotonic() - started
+    left = [e for e in events(once.stderr) if e["event"] == "notify_left"]
+    assert left and left[0]["notifications"] == 1 and len(_outbox(root)) == 1
+    assert once_took < ONCE_SECONDS + 4, f"once took {once_took:.1f}s with a hung receiver"
+    print(f"\nreceiver hanging: run stopped {took:.2f}s after SIGTERM (grace 1s); "
+          f"once exited after {once_took:.2f}s")  # fmt: skip
 
 
 def _crash(root: Root, tmp_path: Path, when: str) -> subprocess.CompletedProcess[str]:
@@ -423,12 +466,7 @@ def test_storage_trouble_is_told(root: Root, receiver: Receiver) -> None:
          "notify.0.events: unknown event 'done'; known: completed, failed, paused, resumed, "
          "storage_error, storage_recovered"),
         ('[[notify]]\nevents = ["failed"]\n', "needs a url or a command"),
-        ('[[notify]]\nurl = "http://127.0.0.1:1/x"\nformat = "teams"\n',
-         "notify.0.format: Input should be 'json', 'slack' or 'discord'"),
-        ('[[notify]]\nurl = "http://127.0.0.1:1/x"\nmethod = "PUT"\n',
-         "notify.0.method: Extra inputs are not permitted"),
         ('[[notify]]\nname = "a b"\nurl = "http://127.0.0.1:1/x"\n', "'a b': a notify name is"),
-        ("notify_outbox_max = 0\n", "notify_outbox_max: Input should be greater than or equal"),
     ],
 )  # fmt: skip
 def test_invalid_notify_config_exits_2_with_one_line(root: Root, toml: str, expected: str) -> None:

@@ -532,9 +532,23 @@ class Notifier:
         if not self.targets:
             return
         deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline and self.deliver_pass(deadline, eager=True):
-            pass
+
+        def deliver() -> None:
+            try:
+                while time.monotonic() < deadline and self.deliver_pass(deadline, eager=True):
+                    pass
+            except Exception:  # a bug of ours must not end `once` with a traceback
+                logs.event(Event.INTERNAL_ERROR, level=logging.ERROR, exc_info=True,
+                           error="notification delivery failed")  # fmt: skip
+
+        # In a thread of its own: a receiver that hangs holds it, not the exit (the
+        # entry it holds goes back to outbox/ with this instance's folder).
+        thread = threading.Thread(target=deliver, name="vvflow-notify-drain", daemon=True)
+        thread.start()
+        thread.join(seconds)
+        self._stop.set()
         left = [e for e in _entries(self.layout.outbox) if e.target in self.targets]
+        left += _entries(delivering_dir(self.folder))  # back to outbox/ with the folder
         if left:
             logs.event(Event.NOTIFY_LEFT, level=logging.WARNING, notifications=len(left),
                        outbox=str(self.layout.outbox),
