@@ -521,8 +521,17 @@ class Notifier:
                            error="notification delivery pass failed")  # fmt: skip
                 delivered = 0
             if not delivered:
-                self._wake.wait(POLL_SECONDS)
+                self._wake.wait(self._idle_seconds())
                 self._wake.clear()
+
+    def _idle_seconds(self) -> float:
+        """How long the thread may sleep after a pass that delivered nothing: until the
+        first target's backoff ends when every target failed (a look at a large outbox
+        costs tens of ms), else POLL_SECONDS. A new notification of this instance wakes
+        it sooner."""
+        now = time.monotonic()
+        until = min(self._down_until.get(name, 0.0) for name in self.targets)
+        return max(POLL_SECONDS, min(until - now, BACKOFF_MAX_SECONDS))
 
     def drain(self, seconds: float = ONCE_SECONDS) -> None:
         """`vvflow once`: deliver what can be delivered within `seconds`, then leave the
