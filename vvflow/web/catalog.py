@@ -35,7 +35,7 @@ from vvflow.layout import Layout, State, split_name
 from vvflow.pipeline import Pipeline
 
 #: Bumped whenever the tables change: a cache of another version is rebuilt.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: The states listed (the others are the overview's business).
 LISTED = (State.COMPLETED, State.FAILED)
 #: How much of a summary a list shows (the whole text is searched).
@@ -52,6 +52,10 @@ TEXT_BATCH = 500
 #: (a jiffy locally, a second or more on some network filesystems) unseen.
 RACY_SECONDS = 2.0
 _BUSY_MS = 10_000
+#: Connections kept open for the next request (more may be open at once).
+POOL_IDLE = 8
+#: Each connection's page cache, in KiB (SQLite's default is 2 MiB).
+_CACHE_KIB = 1024
 _WORD = re.compile(r"[^\W_]+")
 
 _SCHEMA = """
@@ -73,7 +77,8 @@ CREATE TABLE IF NOT EXISTS entries (
     duration_s REAL,
     UNIQUE (state, name)
 );
-CREATE INDEX IF NOT EXISTS entries_newest ON entries (state, filed_at);
+-- Newest first; with the folded name, a name search reads this index, not the rows.
+CREATE INDEX IF NOT EXISTS entries_newest ON entries (state, filed_at, name_fold);
 CREATE INDEX IF NOT EXISTS entries_unread ON entries (filed_at) WHERE indexed = 0;
 CREATE TABLE IF NOT EXISTS counts (state TEXT PRIMARY KEY, n INTEGER NOT NULL);
 CREATE TRIGGER IF NOT EXISTS entries_in AFTER INSERT ON entries BEGIN
@@ -239,9 +244,8 @@ class Catalog:
         #: FTS5 word search (prefixes); without it, words are matched as substrings.
         self.full_text = fts5_available() if full_text is None else full_text
         self._root = Path(os.path.realpath(layout.root))
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()  # guards _connections and _generation
+        self._idle: list[sqlite3.Connection] = []  # connections not borrowed now
+        self._lock = threading.Lock()  # guards _idle and _generation
         self._refresh_lock = threading.Lock()
         self._generation = 0  # bumped when the cache file is replaced
         self._signatures: dict[State, tuple[int, int, int] | None] = {}
@@ -338,28 +342,44 @@ class Catalog:
                              check_same_thread=False)  # fmt: skip
         db.execute(f"PRAGMA busy_timeout = {_BUSY_MS}")
         db.execute("PRAGMA synchronous = NORMAL")  # a cache: losing the last commit is fine
+        db.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
         return db
 
-    def _db(self) -> sqlite3.Connection:
-        """This thread's connection (SQLite connections are not shared between threads)."""
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is not None and getattr(self._local, "generation", -1) == self._generation:
-            return db
-        db = self._connect(self.path)
+    @contextlib.contextmanager
+    def _borrowed(self) -> Iterator[sqlite3.Connection]:
+        """A connection for one thread's use until the block ends (a connection is used
+        by one thread at a time; the threads of a web server's pool come and go, so
+        connections are pooled, not kept per thread)."""
         with self._lock:
-            self._connections.append(db)
-        self._local.db = db
-        self._local.generation = self._generation
-        return db
+            generation = self._generation
+            db = self._idle.pop() if self._idle else None
+        if db is None:
+            db = self._connect(self.path)
+        try:
+            yield db
+        finally:
+            with self._lock:
+                keep = generation == self._generation and len(self._idle) < POOL_IDLE
+                keep = keep and not db.in_transaction  # (closing it rolls back)
+                if keep:
+                    self._idle.append(db)
+            if not keep:
+                with contextlib.suppress(sqlite3.Error):
+                    db.close()
+
+    def _close_idle(self) -> None:
+        """Close the connections not borrowed now; those borrowed close when returned."""
+        with self._lock:
+            for db in self._idle:
+                with contextlib.suppress(sqlite3.Error):
+                    db.close()
+            self._idle.clear()
+            self._generation += 1
 
     def _rebuild(self) -> None:
         """Replace a cache found corrupt while in use, and list the folders again."""
+        self._close_idle()
         with self._lock:
-            for db in self._connections:
-                with contextlib.suppress(sqlite3.Error):
-                    db.close()
-            self._connections.clear()
-            self._generation += 1
             self._remove(self.path)
             self._signatures.clear()
             self._listed_at.clear()
@@ -369,24 +389,30 @@ class Catalog:
     def _write(self) -> Iterator[sqlite3.Connection]:
         """A write transaction: taken at once (IMMEDIATE), so what it reads is what it
         changes even when another process shares the file."""
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        with self._borrowed() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
 
     def _guarded(self, action: str, attempt: Any) -> Any:
         """Run `attempt()`; a cache found corrupt is rebuilt and the attempt made again."""
         try:
             return attempt()
         except sqlite3.DatabaseError as exc:
-            if type(exc) is not sqlite3.DatabaseError:
-                raise  # locked, a constraint, a bug: not corruption
+            # Deleted under us (a cleaner of ~/.cache or /tmp): a new connection finds
+            # an empty file. Corrupt: a plain DatabaseError. Anything else (locked, a
+            # constraint, a bug) is no reason to rebuild.
+            deleted = isinstance(exc, sqlite3.OperationalError) and "no such" in str(exc)
+            if type(exc) is not sqlite3.DatabaseError and not deleted:
+                raise
+            reason = "deleted" if deleted else "corrupt"
             logs.event(Event.CATALOG_REBUILT, level=logging.WARNING, path=str(self.path),
-                       reason=f"corrupt ({exc}) during {action}")  # fmt: skip
+                       reason=f"{reason} ({exc}) during {action}")  # fmt: skip
             self._rebuild()
             return attempt()
 
@@ -404,12 +430,7 @@ class Catalog:
         if self._thread is not None:
             self._thread.join(timeout=30)
             self._thread = None
-        with self._lock:
-            for db in self._connections:
-                with contextlib.suppress(sqlite3.Error):
-                    db.close()
-            self._connections.clear()
-            self._generation += 1
+        self._close_idle()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -546,11 +567,12 @@ class Catalog:
     def _read_texts_batch(self) -> bool:
         """Read the texts of up to TEXT_BATCH entries, newest first; True when more are
         left to read."""
-        db = self._db()
-        todo = db.execute(
-            "SELECT id, name, ino FROM entries WHERE indexed = 0 ORDER BY filed_at DESC LIMIT ?",
-            (TEXT_BATCH,),
-        ).fetchall()
+        with self._borrowed() as db:
+            todo = db.execute(
+                "SELECT id, name, ino FROM entries WHERE indexed = 0 "
+                "ORDER BY filed_at DESC LIMIT ?",
+                (TEXT_BATCH,),
+            ).fetchall()
         if not todo:
             return False
         read = [(row_id, self._texts(name, ino)) for row_id, name, ino in todo]
@@ -608,7 +630,8 @@ class Catalog:
 
         def count() -> dict[str, int]:
             # Kept by triggers: counting 100,000 index entries would take milliseconds.
-            found = dict(self._db().execute("SELECT state, n FROM counts").fetchall())
+            with self._borrowed() as db:
+                found = dict(db.execute("SELECT state, n FROM counts").fetchall())
             return {s.value: int(found.get(s.value, 0)) for s in LISTED}
 
         result: dict[str, int] = self._guarded("counts", count)
@@ -626,13 +649,16 @@ class Catalog:
         # `where` is made of fixed fragments; the query's words travel as parameters.
         columns = "name, filed_iso, stage, error, logline, summary, duration_s"
         listing = f"SELECT {columns} FROM entries WHERE state = ?{where}"  # noqa: S608
-        listing += " ORDER BY filed_at DESC, id DESC LIMIT ? OFFSET ?"
+        listing += " ORDER BY filed_at DESC, name_fold DESC, id DESC LIMIT ? OFFSET ?"
         counting = f"SELECT count(*) FROM entries WHERE state = ?{where}"  # noqa: S608
         if not where:
             counting = "SELECT coalesce(sum(n), 0) FROM counts WHERE state = ?"
 
         def read() -> Page:
-            db = self._db()
+            with self._borrowed() as db:
+                return read_with(db)
+
+        def read_with(db: sqlite3.Connection) -> Page:
             rows = db.execute(listing, (state.value, *params, limit, offset)).fetchall()
             total = db.execute(counting, (state.value, *params)).fetchone()[0]
             unread = db.execute("SELECT EXISTS (SELECT 1 FROM entries WHERE indexed = 0)")
