@@ -381,6 +381,11 @@ def test_processes_sharing_one_cache_file_agree(tmp_path: Path) -> None:
             assert page.total == 400 and len(set(names(page))) == 400 and not page.indexing
         with sqlite3.connect(db) as direct:
             assert direct.execute("SELECT count(*) FROM texts").fetchone()[0] == 400
+            kept = direct.execute("SELECT state, n FROM counts WHERE n != 0").fetchall()
+            assert (
+                kept
+                == direct.execute("SELECT state, count(*) FROM entries GROUP BY state").fetchall()
+            )
     finally:
         for c in catalogs:
             c.close()
