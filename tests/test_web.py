@@ -23,7 +23,8 @@ from urllib.parse import quote, urlencode, urlsplit
 import pytest
 
 from tests.conftest import Root
-from vvflow import status
+from vvflow import notify, status
+from vvflow.config import NotifyConfig
 from vvflow.layout import Layout, State
 from vvflow.web.security import is_loopback
 
@@ -247,6 +248,25 @@ def test_overview_counts_sections_and_api(site: Site) -> None:
     assert "javascript" in js.headers["Content-Type"]
     assert "innerHTML" not in js.text
     assert site.get("/static/vvflow.css").headers["Content-Type"].startswith("text/css")
+
+
+def test_overview_shows_the_outbox(site: Site, filled: Root) -> None:
+    """Notifications waiting for their receiver show on the overview and in its JSON."""
+    layout = Layout(filled.path, (".mp4",))
+    target = NotifyConfig(name="ops", url="http://127.0.0.1:9/hook", events=("paused",))
+    notify.notify_root(layout, [target], "paused", by="test", reason="outbox", since=None)
+    waiting = sorted(p for p in layout.outbox.iterdir() if p.is_file())
+    try:
+        assert len(waiting) == 1
+        data = site.wait_overview(lambda d: d["outbox"]["ready"] == 1)
+        assert data["outbox"] == {"ready": 1, "rejected": 0, "dropped": 0}
+        html = site.get("/").text
+        assert '<section id="notifications">' in html
+        assert '<span data-field="outbox.ready">1</span> waiting in outbox/' in html
+    finally:
+        for path in waiting:
+            path.unlink()
+    assert site.wait_overview(lambda d: d["outbox"]["ready"] == 0)["outbox"]["ready"] == 0
 
 
 def test_lists_newest_first_search_and_paging(site: Site) -> None:

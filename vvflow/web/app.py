@@ -204,6 +204,7 @@ class WebApp:
             "instances": live["instances"],
             "ignored": live["ignored"],
             "blocked": live["blocked"],
+            "outbox": live["outbox"],
         }
 
     # -- endpoints: pages ----------------------------------------------------------------

@@ -118,6 +118,8 @@
     setField("storage.trouble", storage.trouble || "");
     setField("storage.free", size(storage.free_bytes));
     setField("storage.min", size(storage.min_free_bytes));
+    const outbox = data.outbox || {};
+    for (const kind of ["ready", "rejected", "dropped"]) setField("outbox." + kind, outbox[kind] || 0);
     fill("now", data.now, nowRow);
     fill("instances", data.instances, instanceRow);
     fill("blocked", data.blocked, reasonRow);
