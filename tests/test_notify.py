@@ -475,3 +475,34 @@ def test_invalid_notify_config_exits_2_with_one_line(root: Root, toml: str, expe
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert expected in lines[0]
+
+
+def test_video_filed_under_another_name_is_told_by_that_name(root: Root) -> None:
+    """A file of the video's name appeared in completed/ while it ran (an operator's
+    copy): the video is filed under a free name, and its notification says that name,
+    with the outputs that followed it."""
+    inbox = root.path.parent / "told.jsonl"
+    intrude = (
+        "import os, sys, json; video, out = sys.argv[1], sys.argv[2]; "
+        "done = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(video))), "
+        "'completed', os.path.basename(video)); open(done, 'wb').write(b'a copy'); "
+        "json.dump(dict(ok=True), open(out, 'w'))"
+    )
+    tell = "import sys; open(sys.argv[1], 'ab').write(sys.stdin.buffer.read() + b'\\n')"
+    root.configure(
+        [{"name": "scan", "command": [sys.executable, "-c", intrude, "{video}", "{output}"],
+          "output": "analytic/{stem}.analytic.json"}],
+    )  # fmt: skip
+    with (root.path / "vvflow.toml").open("a") as fh:
+        fh.write(
+            f"\n[[notify]]\ncommand = {json.dumps([sys.executable, '-c', tell, str(inbox)])}\n"
+        )
+    root.drop("clip.mp4")
+    root.vvflow("once", check=0)
+    filed = [n for n in root.names("completed") if n != "clip.mp4"]
+    assert len(filed) == 1, root.names("completed")
+    told = [json.loads(line) for line in inbox.read_text().splitlines()]
+    assert [t["video"] for t in told] == filed
+    stem = filed[0].rsplit(".", 1)[0]
+    assert told[0]["outputs"] == {"scan": f"analytic/{stem}.analytic.json"}
+    assert (root.path / told[0]["outputs"]["scan"]).is_file()

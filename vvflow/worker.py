@@ -16,7 +16,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -557,6 +557,23 @@ class Worker:
             logs.event(Event.NOTIFY_UNWRITABLE, level=logging.ERROR, video=claim.name,
                        error=message)  # fmt: skip
 
+    def _publish_notice(
+        self, claim: Claim, dest: Path, rep: report.Report, state: State, duration: float
+    ) -> None:
+        """The video was filed as `dest`: its notifications go to outbox/. Filed under
+        another name (one like it appeared meanwhile), they are staged again to say that
+        name and the outputs that followed it, before the first ones are dropped: a
+        crash in between publishes the first ones, never none."""
+        if dest.name != claim.name:
+            try:
+                self._stage_notice(replace(claim, path=dest, name=dest.name), rep, state, duration)
+            except (OSError, StorageFailed):
+                pass  # the first ones, with the name it was claimed as, are published
+            else:
+                self.notifier.drop(claim.name)
+                claim = replace(claim, name=dest.name)
+        self.notifier.publish(claim.name)
+
     def _forget_changes(self, inode: int) -> None:
         """A video was filed: the next upload of that name starts counting afresh."""
         with self._changes_lock:
@@ -746,7 +763,7 @@ class Worker:
             self._guard(claim)
             dest = self.layout.finish(claim, state, self.lease.folder)
             if state != State.PENDING:
-                self.notifier.publish(claim.name)
+                self._publish_notice(claim, dest, rep, state, duration)
                 self._forget_changes(claim.identity.inode)
         except LeaseLost as exc:
             self.notifier.drop(claim.name)
@@ -770,7 +787,7 @@ class Worker:
             except (LayoutError, LeaseLost, ClaimChanged, OSError, StorageFailed):
                 self.notifier.drop(claim.name)
                 return None
-            self.notifier.publish(claim.name)
+            self._publish_notice(claim, dest, rep, State.FAILED, duration)
             state = State.FAILED
         except OSError as exc:
             # The move itself failed (the link fallback's intent on a full disk): the
