@@ -155,6 +155,23 @@ def test_compose_runs_vvflow_read_only_as_puid_with_health_and_init() -> None:
     assert int(service["stop_grace_period"].rstrip("s")) > 20
 
 
+def test_compose_web_page_is_read_only_loopback_published_and_needs_a_token() -> None:
+    """The page's service: `vvflow web` (a command the CLI knows) on the root mounted
+    read-only, published on the host's loopback only, refusing to start without a
+    token (it listens on 0.0.0.0 inside the container)."""
+    service = _compose()["services"]["vvflow-web"]
+    assert service["profiles"] == ["web"]
+    command = service["command"]
+    assert command[:2] == ["vvflow", "web"]
+    assert command[command.index("--web-host") + 1] == "0.0.0.0"
+    assert all(str(v).endswith(":/data:ro") for v in service["volumes"])
+    assert all(str(p).startswith("127.0.0.1:") for p in service["ports"])
+    assert ":?" in service["environment"]["VVFLOW_WEB_TOKEN"]
+    assert service["read_only"] is True
+    assert service["cap_drop"] == ["ALL"]
+    assert service["healthcheck"] == {"disable": True}
+
+
 def test_compose_docker_stages_example_is_a_valid_vvflow_config(tmp_path: Path) -> None:
     compose = _compose()
     service = compose["services"]["vvflow-docker-stages"]
