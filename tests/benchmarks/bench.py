@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import itertools
 import json
 import math
@@ -23,12 +24,14 @@ import queue
 import random
 import resource
 import shutil
+import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -169,10 +172,13 @@ class Mode:
     shared_videos: int
     pipelined_videos: int
     builtin_repeats: int
+    web_requests: int = 40
 
 
 QUICK = Mode("quick", 20, 50, 3, 100_000, 5, 40, 2, 15, 8, 3, 40, 15, 1)
-FULL = Mode("full", 100, 50, 3, 100_000, 9, 200, 3, 100, 40, 7, 100, 30, 3)
+FULL = Mode("full", 100, 50, 3, 100_000, 9, 200, 3, 100, 40, 7, 100, 30, 3, web_requests=200)
+#: Completed videos of web_overview_100k.
+WEB_FILED = 100_000
 
 
 @dataclass(frozen=True)
@@ -379,13 +385,16 @@ def rss_mb(pid: int) -> tuple[float, float]:
 
 
 class Daemon:
-    """A real ``vvflow run`` subprocess whose JSON log lines arrive on a queue."""
+    """A real ``vvflow run`` (or ``command``) subprocess whose JSON log lines arrive on a
+    queue."""
 
-    def __init__(self, root: Path, *args: str) -> None:
+    def __init__(
+        self, root: Path, *args: str, command: str = "run", env: dict[str, str] | None = None
+    ) -> None:
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
         self.proc = subprocess.Popen(
-            vvflow("run", "--root", root, *args),
-            env=clean_environment(),
+            vvflow(command, "--root", root, *args),
+            env=env or clean_environment(),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -417,6 +426,21 @@ class Daemon:
             if record.get("event") == event and match(record):
                 return record
 
+    def wait_for_all(self, events: tuple[str, ...], timeout: float) -> dict[str, dict[str, Any]]:
+        """The first log record of each of ``events``, whatever their order."""
+        deadline = time.monotonic() + timeout
+        found: dict[str, dict[str, Any]] = {}
+        while len(found) < len(events):
+            left = deadline - time.monotonic()
+            if left <= 0 or self.proc.poll() is not None:
+                missing = sorted(set(events) - set(found))
+                raise RuntimeError(f"vvflow: no {missing} event within {timeout:.0f} s")
+            with contextlib.suppress(queue.Empty):
+                record = self.events.get(timeout=min(left, 0.5))
+                if record.get("event") in events:
+                    found.setdefault(record["event"], record)
+        return found
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -429,8 +453,10 @@ class Daemon:
 
 
 @contextlib.contextmanager
-def running(root: Path, *args: str) -> Iterator[Daemon]:
-    daemon = Daemon(root, *args)
+def running(
+    root: Path, *args: str, command: str = "run", env: dict[str, str] | None = None
+) -> Iterator[Daemon]:
+    daemon = Daemon(root, *args, command=command, env=env)
     try:
         yield daemon
     finally:
@@ -1326,6 +1352,229 @@ class Bench:
             )
         )
 
+    # -- the web page --------------------------------------------------------------------
+
+    def filed_root(self, count: int) -> Path:
+        """A storage root with ``count`` videos in completed/: one-byte files, each with
+        its report (the report module's format, filled in without its cost) and one in
+        ten with a logline output; made once per run, or kept in --video-cache (the
+        reports name the files' inodes: the root is used where it was made)."""
+        name = f"web-{count}-filed"
+        folder = self.video_cache or self.work
+        folder.mkdir(parents=True, exist_ok=True)
+        root, done = folder / name, folder / f".{name}.done"
+        if done.exists() and root.is_dir():
+            return root
+        say(f"generating {count:,} filed videos with reports (a few seconds per 10,000)")
+        from vvflow import report as reports
+
+        shutil.rmtree(root, ignore_errors=True)
+        for state in ("pending", "processing", "completed", "failed"):
+            (root / "input" / state).mkdir(parents=True)
+        (root / "reports").mkdir()
+        (root / "loglines").mkdir()
+        template = reports.dumps(
+            reports.Report(
+                name="@name", original_name="@name", state="completed", duration_s=61.5,
+                identity=reports.Identity(size=1, mtime_ns=1234567890123, inode=987654321),
+                finished_at="@when",
+            )
+        ).decode()  # fmt: skip
+
+        def create(path: Path, data: bytes) -> os.stat_result:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                os.write(fd, data)
+                return os.fstat(fd)
+            finally:
+                os.close(fd)
+
+        for number in range(count):
+            video = f"clip-{number:06d}.mp4"
+            st = create(root / "input" / "completed" / video, b"v")
+            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(1_700_000_000 + number))
+            text = template.replace("@name", video).replace("@when", when)
+            text = text.replace("1234567890123", str(st.st_mtime_ns))
+            text = text.replace("987654321", str(st.st_ino))
+            create(root / "reports" / f"{video}.json", text.encode())
+            if number % 10 == 0:
+                logline = {"logline": f"A talk about bridge number {number}.", "kind": "talk"}
+                create(root / "loglines" / f"clip-{number:06d}.logline.json",
+                       json.dumps(logline).encode())  # fmt: skip
+        done.touch()
+        return root
+
+    def web_overview_100k(self) -> None:
+        """The overview page (GET /) and its JSON (GET /api/overview) of a real `vvflow
+        web`, with 100,000 completed videos against an empty root."""
+        count = WEB_FILED
+        say(f"web_overview_100k: `vvflow web` with {count:,} completed vs an empty root")
+        full = self.filed_root(count)
+        empty = self.work / "web-empty"
+        for state in ("pending", "processing", "completed", "failed"):
+            (empty / "input" / state).mkdir(parents=True)
+        caches = {label: self.work / f"xdg-{label}" for label in ("empty", "full")}
+        envs = {label: {**clean_environment(), "XDG_CACHE_HOME": str(path)}
+                for label, path in caches.items()}  # fmt: skip
+        args = ("--web-port", "0")
+        with (
+            running(empty, *args, command="web", env=envs["empty"]) as page_empty,
+            running(full, *args, command="web", env=envs["full"]) as page_full,
+        ):
+            started = time.monotonic()
+            served = {
+                "empty": page_empty.wait_for("web_serving", 60)["address"],
+                "full": page_full.wait_for("web_serving", 60)["address"],
+            }
+            serving_s = time.monotonic() - started
+            pages = {label: _Page(address) for label, address in served.items()}
+            try:
+                deadline = time.monotonic() + 300
+                while pages["full"].json("/api/overview")["counts"]["completed"] != count:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("web_overview_100k: the catalog never listed")
+                    time.sleep(0.05)
+                listed_s = time.monotonic() - started
+                during = [pages["full"].get_ms("/") for _ in range(20)]
+                while _unread_texts(caches["full"]) != 0:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("web_overview_100k: texts still unread after 300 s")
+                    time.sleep(0.2)
+                texts_s = time.monotonic() - started
+                timings: dict[tuple[str, str], list[float]] = {}
+                rng = random.Random(13)
+                for _ in range(self.mode.web_requests):
+                    order = [(label, path) for label in pages for path in ("/", "/api/overview")]
+                    rng.shuffle(order)  # interleaved: the load drifts for both alike
+                    for label, path in order:
+                        timings.setdefault((label, path), []).append(pages[label].get_ms(path))
+                rss = {label: rss_mb(page.proc.pid)[0]
+                       for label, page in (("empty", page_empty), ("full", page_full))}  # fmt: skip
+                lists = {
+                    what: statistics.median(pages["full"].get_ms(path) for _ in range(10))
+                    for what, path in (
+                        ("first", "/completed"),
+                        ("last", f"/completed?page={count // 50}"),
+                        ("search", "/completed?q=bridge"),
+                    )
+                }
+            finally:
+                for page in pages.values():
+                    page.close()
+        median = {key: statistics.median(values) for key, values in timings.items()}
+        html, api = (
+            (median[("full", "/")], median[("empty", "/")]),
+            (
+                median[("full", "/api/overview")],
+                median[("empty", "/api/overview")],
+            ),
+        )
+        api_ratio = api[1] / api[0]
+        ratio = html[1] / html[0]
+        self.results.append(
+            lower_is_better(
+                "web_overview_100k",
+                html[0],
+                html[1],
+                "ms",
+                f"GET / of a real `vvflow web` (127.0.0.1, one kept-alive connection), "
+                f"{count:,} completed videos (reports, a logline for one in ten) vs an "
+                f"empty root, median of {self.mode.web_requests} interleaved; GET "
+                f"/api/overview {api[0]:.1f} vs {api[1]:.1f} ms ({api_ratio:.2f}x); the "
+                f"100,000 listed {listed_s:.1f} s after the start (serving after "
+                f"{serving_s:.1f} s), every text read after {texts_s:.0f} s, GET / "
+                f"meanwhile {statistics.median(during):.1f} ms; /completed first page "
+                f"{lists['first']:.1f} ms, last page {lists['last']:.1f} ms, search "
+                f"?q=bridge {lists['search']:.1f} ms; RSS {rss['full']:.0f} vs "
+                f"{rss['empty']:.0f} MiB; load {os.getloadavg()[0]:.1f}; goal "
+                f">= 0.5" + _missed(ratio, 0.5, "see the note's timings"),
+            )
+        )
+
+    def web_idle_rss(self) -> None:
+        """The idle RSS of `vvflow run` with the page on (--web-port) against off."""
+        say("web_idle_rss: an idle `vvflow run` with --web-port vs without")
+        settings = {"stable_seconds": 1e6, "workers": 2}
+        env = {**clean_environment(), "XDG_CACHE_HOME": str(self.work / "xdg-rss")}
+        off = self.noop_root("web-rss-off", **settings)
+        on = self.noop_root("web-rss-on", **settings)
+        with running(off, env=env) as daemon:
+            daemon.wait_for("watching", 60)
+            time.sleep(2)
+            without, _ = rss_mb(daemon.proc.pid)
+        with running(on, "--web-port", "0", env=env) as daemon:
+            address = daemon.wait_for_all(("watching", "web_serving"), 60)["web_serving"]
+            page = _Page(address["address"])
+            try:
+                for path in ("/", "/api/overview", "/completed", "/failed", "/now"):
+                    page.get_ms(path)  # looked at once: templates compiled, catalog read
+            finally:
+                page.close()
+            time.sleep(2)
+            with_page, peak = rss_mb(daemon.proc.pid)
+        self.results.append(
+            lower_is_better(
+                "web_idle_rss",
+                with_page,
+                without,
+                "MiB",
+                f"RSS of an idle `vvflow run` on an empty root with --web-port 0 (each page "
+                f"requested once, then 2 s idle) vs the same without the page: "
+                f"+{with_page - without:.1f} MiB (peak {peak:.1f} MiB): Starlette, uvicorn, "
+                "Jinja2 and the catalog's SQLite",
+            )
+        )
+
+
+class _Page:
+    """One kept-alive HTTP connection to a served page on 127.0.0.1 (opened again when
+    the server closed it: uvicorn closes a connection idle for 5 s)."""
+
+    def __init__(self, address: str) -> None:
+        parsed = urllib.parse.urlsplit(address)
+        self.host, self.port = parsed.hostname or "127.0.0.1", parsed.port
+        self.connection = http.client.HTTPConnection(self.host, self.port, timeout=60)
+
+    def _get(self, path: str) -> tuple[bytes, float]:
+        """The body of a 200 answer, and the milliseconds the request took."""
+        for _ in range(2):
+            started = time.perf_counter()
+            try:
+                self.connection.request("GET", path)
+                response = self.connection.getresponse()
+                body = response.read()
+            except (http.client.RemoteDisconnected, ConnectionError):
+                self.connection.close()
+                self.connection = http.client.HTTPConnection(self.host, self.port, timeout=60)
+                continue
+            elapsed = (time.perf_counter() - started) * 1000
+            if response.status != 200:
+                raise RuntimeError(f"GET {path}: {response.status} {body[:300]!r}")
+            return body, elapsed
+        raise RuntimeError(f"GET {path}: the connection was closed twice")
+
+    def get_ms(self, path: str) -> float:
+        return self._get(path)[1]
+
+    def json(self, path: str) -> Any:
+        return json.loads(self._get(path)[0])
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def _unread_texts(cache_home: Path) -> int | None:
+    """Entries whose texts the catalog of a page whose $XDG_CACHE_HOME is ``cache_home``
+    has not read yet (vvflow/web/catalog.py's cache file, opened read-only); None before
+    it exists."""
+    found = sorted((cache_home / "vvflow").glob("catalog-*.sqlite3"))
+    if not found:
+        return None
+    uri = f"file:{found[0]}?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=10)) as db:
+        unread: int = db.execute("SELECT count(*) FROM entries WHERE indexed = 0").fetchone()[0]
+    return unread
+
 
 def _frames_read_before(scene: dict[str, Any]) -> int:
     """Frames the summarize stage gave RapidOCR in a scene before the text gate: 3, one
@@ -1390,6 +1639,8 @@ ORDER = (
     "idle_rss_mb_100k_pending",
     "dedupe_lookup_100k",
     "dedupe_lookup_same_size",
+    "web_overview_100k",
+    "web_idle_rss",
     "gluster_two_instances_throughput",
     "gluster_claim_to_first_stage",
 )
@@ -1422,6 +1673,10 @@ def measure(bench: Bench, only: set[str] | None) -> None:
         bench.dedupe_lookup_100k()
     if wanted("dedupe_lookup_same_size"):
         bench.dedupe_lookup_same_size()
+    if wanted("web_overview_100k"):
+        bench.web_overview_100k()
+    if wanted("web_idle_rss"):
+        bench.web_idle_rss()
     if wanted("gluster_two_instances_throughput", "gluster_claim_to_first_stage"):
         bench.gluster_rows()
 
