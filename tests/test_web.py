@@ -24,8 +24,9 @@ import pytest
 
 from tests.conftest import Root
 from vvflow import notify, status
-from vvflow.config import NotifyConfig
+from vvflow.config import NotifyConfig, StageConfig
 from vvflow.layout import Layout, State
+from vvflow.web.files import OutputFiles
 from vvflow.web.security import is_loopback
 
 WEB_STAGE = Path(__file__).with_name("web_stage.py")
@@ -633,3 +634,19 @@ def test_run_serves_the_page_and_stops_with_the_daemon(root: Root, tmp_path: Pat
         assert stop(site) == 0
     with pytest.raises(ConnectionRefusedError):
         site.get("/")
+
+
+def test_a_placeholder_folder_output_never_opens_the_bookkeeping(tmp_path: Path) -> None:
+    """An output whose folder is a placeholder (`{stem}/x.json`) may be served from any
+    top folder, but never from input/, index/, outbox/ or the configuration."""
+    stage = StageConfig(name="tag", command=["tag", "{video}", "{output}"], output="{stem}/x.json")
+    files = OutputFiles(tmp_path, [stage])
+    for folder in ("clip", "input", "index", "outbox"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "x.json").write_text("{}")
+    (tmp_path / "vvflow.toml").write_text("")
+    opened = files.open("clip/x.json")
+    assert opened is not None
+    os.close(opened[0])
+    for path in ("input/x.json", "index/x.json", "outbox/x.json", "vvflow.toml"):
+        assert files.open(path) is None, path

@@ -2,7 +2,7 @@
 
 Only regular files under the root's output folders: the folders holding the configured
 stages' outputs and folder outputs (the parents of `Pipeline.all_outputs`), and
-reports/. Never input/ (the videos), index/, the configuration, a hidden name, a
+reports/. Never input/ (the videos), index/, outbox/, the configuration, a hidden name, a
 folder (no listing), or anything reached through a symlink: every component is opened
 with O_NOFOLLOW from the root down, so a link planted anywhere on the way is refused
 even if it is swapped in between a check and the open.
@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import quote
 
 from vvflow.config import CONFIG_NAME, StageConfig
-from vvflow.layout import INDEX, INPUT, REPORTS
+from vvflow.layout import INDEX, INPUT, OUTBOX, REPORTS
 
 #: Read in one piece below this size; streamed above it.
 WHOLE_BYTES = 4 << 20
@@ -47,7 +47,7 @@ CONTENT_TYPES = {
     ".md": _TEXT,
 }
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif")
-_NEVER = (INPUT, INDEX)
+_NEVER = (INPUT, INDEX, OUTBOX)
 
 
 def content_type(name: str) -> str | None:
