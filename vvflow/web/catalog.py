@@ -54,12 +54,11 @@ RACY_SECONDS = 2.0
 _BUSY_MS = 10_000
 #: Connections kept open for the next request (more may be open at once).
 POOL_IDLE = 8
-#: Each connection's page cache, in KiB (SQLite's default is 2 MiB).
+#: Each connection's page cache, in KiB (SQLite's default is 2 MiB; a larger one hardly
+#: speeds the first listing of 100,000 up, and what it held stays in the RSS after).
 _CACHE_KIB = 1024
-#: The page cache of a big write (the first listing of 100,000 videos: a random-order
-#: index built with a 1 MiB cache takes five times longer).
-_BIG_CACHE_KIB = 32 * 1024
-_BIG = 5000
+#: Rows moved per step of a listing.
+_CHUNK = 5000
 _WORD = re.compile(r"[^\W_]+")
 
 _SCHEMA = """
@@ -386,25 +385,24 @@ class Catalog:
         self._prepare(self.path)
 
     @contextlib.contextmanager
-    def _write(self, big: bool = False) -> Iterator[sqlite3.Connection]:
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction on a borrowed connection (see `_transaction`)."""
+        with self._borrowed() as db, self._transaction(db):
+            yield db
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _transaction(db: sqlite3.Connection) -> Iterator[None]:
         """A write transaction: taken at once (IMMEDIATE), so what it reads is what it
-        changes even when another process shares the file. A `big` one (the first
-        listing of a large folder) gets a larger page cache while it lasts."""
-        with self._borrowed() as db:
-            if big:
-                db.execute(f"PRAGMA cache_size = -{_BIG_CACHE_KIB}")
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
-            finally:
-                if big:
-                    db.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
-                    db.execute("PRAGMA shrink_memory")
+        changes even when another process shares the file."""
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
 
     def _guarded(self, action: str, attempt: Any) -> Any:
         """Run `attempt()`; a cache found corrupt is rebuilt and the attempt made again."""
@@ -482,18 +480,11 @@ class Catalog:
             and now - self._listed_at.get(state, 0.0) < RELIST_SECONDS
         ):
             return
-        seen: dict[str, int] = {}
-        if signature is not None:
-            try:
-                with os.scandir(folder) as it:
-                    for entry in it:
-                        if not entry.name.startswith("."):
-                            seen[entry.name] = entry.inode()
-            except FileNotFoundError:
-                seen = {}
         first = state not in self._signatures
         changed = not first and self._signatures[state] != signature
-        self._apply(state, folder, seen, restat=first, changed=changed)
+        with self._borrowed() as db:
+            self._list_into(db, folder if signature is not None else None)
+            self._apply(db, state, folder, restat=first, changed=changed)
         if signature is not None and time.time() - st.st_mtime < RACY_SECONDS:
             # Changed within the stat's granularity: a change made later in the same
             # tick would leave the same signature. Look again next time.
@@ -501,24 +492,50 @@ class Catalog:
         self._signatures[state] = signature
         self._listed_at[state] = now
 
+    @staticmethod
+    def _list_into(db: sqlite3.Connection, folder: Path | None) -> None:
+        """List `folder` (None: it is gone) into the connection's temporary table `seen`
+        (name, inode). Outside any write transaction (a slow
+        listing on a network filesystem keeps no other process waiting), and streamed:
+        100,000 names never sit in Python's memory at once (freed, they would still
+        weigh on the process's RSS)."""
+        db.execute("CREATE TEMP TABLE IF NOT EXISTS seen (name TEXT PRIMARY KEY, ino INT)")
+        db.execute("CREATE TEMP TABLE IF NOT EXISTS fresh (name TEXT NOT NULL)")
+        db.execute("BEGIN")  # only temp tables are written: no lock on the cache file
+        try:
+            db.execute("DELETE FROM seen")
+            if folder is not None:
+                with contextlib.suppress(FileNotFoundError), os.scandir(folder) as it:
+                    db.executemany(
+                        "INSERT INTO seen VALUES (?, ?)",
+                        ((e.name, e.inode()) for e in it if not e.name.startswith(".")),
+                    )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
     def _apply(
-        self, state: State, folder: Path, seen: dict[str, int], *, restat: bool, changed: bool
+        self,
+        db: sqlite3.Connection,
+        state: State,
+        folder: Path,
+        *,
+        restat: bool,
+        changed: bool,
     ) -> None:
-        """Make the rows of `state` the entries `seen` (name -> inode): rows of names
-        gone, or now another file, go; new names come, their texts unread. A name may
-        also have left and come back as the same file (a video failed again after a
-        retry; a rename sets its ctime): the ctimes are compared with `restat` (the
-        first listing of this process: the cache may be older) and when the folder
-        `changed` though no name came or went."""
+        """Make the rows of `state` the names listed in `seen`: rows of names gone, or
+        now another file, go; new names come, their texts unread. A name may also have
+        left and come back as the same file (a video failed again after a retry; a
+        rename sets its ctime): the ctimes are compared with `restat` (the first
+        listing of this process: the cache may be older) and when the folder `changed`
+        though no name came or went. Rows move in chunks, for the memory's sake."""
         prefix = f"{folder}{os.sep}"
 
         def lstat(name: str) -> os.stat_result:
             return os.lstat(prefix + name)  # (100,000 pathlib joins cost a second)
 
-        with self._write(big=len(seen) > _BIG) as db:
-            db.execute("CREATE TEMP TABLE IF NOT EXISTS seen (name TEXT PRIMARY KEY, ino INT)")
-            db.execute("DELETE FROM seen")
-            db.executemany("INSERT INTO seen VALUES (?, ?)", seen.items())
+        with self._transaction(db):
             gone = [
                 r[0]
                 for r in db.execute(
@@ -527,46 +544,58 @@ class Catalog:
                     (state.value,),
                 )
             ]
-            new = db.execute(
-                "SELECT name FROM seen s WHERE NOT EXISTS "
+            db.execute("DELETE FROM fresh")
+            came = db.execute(
+                "INSERT INTO fresh SELECT name FROM seen s WHERE NOT EXISTS "
                 "(SELECT 1 FROM entries e WHERE e.state = ? AND e.name = s.name "
                 "AND e.ino = s.ino)",
                 (state.value,),
-            ).fetchall()
-            names = [r[0] for r in new]
-            if restat or (changed and not gone and not names):
-                stored = db.execute(
-                    "SELECT id, name, ctime_ns FROM entries WHERE state = ?", (state.value,)
-                ).fetchall()
-                left = set(gone)
-                for row_id, name, ctime_ns in stored:
-                    if row_id in left:
-                        continue
-                    try:
-                        if lstat(name).st_ctime_ns != ctime_ns:
-                            gone.append(row_id)
-                            names.append(name)
-                    except OSError:
+            ).rowcount
+            if restat or (changed and not gone and not came):
+                left, last = set(gone), 0
+                while chunk := db.execute(
+                    "SELECT id, name, ctime_ns FROM entries WHERE state = ? AND id > ? "
+                    "ORDER BY id LIMIT ?",
+                    (state.value, last, _CHUNK),
+                ).fetchall():
+                    last = chunk[-1][0]
+                    for row_id, name, ctime_ns in chunk:
+                        if row_id in left:
+                            continue
+                        try:
+                            if lstat(name).st_ctime_ns == ctime_ns:
+                                continue
+                            db.execute("INSERT INTO fresh VALUES (?)", (name,))
+                        except OSError:
+                            pass
                         gone.append(row_id)
             self._delete(db, gone)
-            rows = []
-            for name in names:
-                try:
-                    st = lstat(name)
-                except OSError:
-                    continue  # gone meanwhile: the next listing sees it
-                rows.append((state.value, name, name.casefold(), st.st_ino, st.st_ctime_ns,
-                             st.st_ctime, _iso(st.st_ctime)))  # fmt: skip
-            rows.sort(key=lambda row: row[5])  # filed_at: appended to the index, not spread
-            db.executemany(
-                "INSERT INTO entries (state, name, name_fold, ino, ctime_ns, filed_at, "
-                "filed_iso) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
+            added, last = 0, 0
+            while chunk := db.execute(
+                "SELECT rowid, name FROM fresh WHERE rowid > ? ORDER BY rowid LIMIT ?",
+                (last, _CHUNK),
+            ).fetchall():
+                last = chunk[-1][0]
+                rows = []
+                for _, name in chunk:
+                    try:
+                        st = lstat(name)
+                    except OSError:
+                        continue  # gone meanwhile: the next listing sees it
+                    rows.append((state.value, name, name.casefold(), st.st_ino, st.st_ctime_ns,
+                                 st.st_ctime, _iso(st.st_ctime)))  # fmt: skip
+                rows.sort(key=lambda row: row[5])  # filed_at: the index grows at its end
+                db.executemany(
+                    "INSERT INTO entries (state, name, name_fold, ino, ctime_ns, filed_at, "
+                    "filed_iso) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+                added += len(rows)
             db.execute(
                 "INSERT INTO counts VALUES (?, ?) ON CONFLICT (state) DO UPDATE SET n = n + ?",
-                (state.value, len(rows) - len(gone), len(rows) - len(gone)),
+                (state.value, added - len(gone), added - len(gone)),
             )
+            db.execute("DELETE FROM fresh")
             db.execute("DELETE FROM seen")
 
     def _delete(self, db: sqlite3.Connection, ids: list[int]) -> None:
