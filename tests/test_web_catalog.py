@@ -391,6 +391,33 @@ def test_processes_sharing_one_cache_file_agree(tmp_path: Path) -> None:
             c.close()
 
 
+def test_a_cache_found_whole_is_kept_and_nothing_is_read_again(tmp_path: Path) -> None:
+    shelf = Shelf.make(tmp_path / "root")
+    for i in range(50):
+        shelf.file(State.COMPLETED, f"k{i}.mp4", i, logline="Kept")
+    shelf.file(State.FAILED, "f.mp4", 99, error="Kept failure")
+    db = tmp_path / "c.sqlite3"
+    first = shelf.catalog(db)
+    first.refresh()
+    first.close()
+    with sqlite3.connect(db) as direct:
+        rows = direct.execute("SELECT id, name, indexed FROM entries ORDER BY id").fetchall()
+    direct.close()
+    again = shelf.catalog(db)  # another process, later: its first listing checks ctimes
+    try:
+        again.refresh(texts=False)
+        page = again.page(State.COMPLETED, "kept")
+        assert page.total == 50 and not page.indexing
+        with sqlite3.connect(db) as direct:
+            assert (
+                direct.execute("SELECT id, name, indexed FROM entries ORDER BY id").fetchall()
+                == rows
+            )
+        direct.close()
+    finally:
+        again.close()
+
+
 # -- the cache file ------------------------------------------------------------------------
 
 

@@ -35,7 +35,7 @@ from vvflow.layout import Layout, State, split_name
 from vvflow.pipeline import Pipeline
 
 #: Bumped whenever the tables change: a cache of another version is rebuilt.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: The states listed (the others are the overview's business).
 LISTED = (State.COMPLETED, State.FAILED)
 #: How much of a summary a list shows (the whole text is searched).
@@ -68,7 +68,11 @@ CREATE TABLE IF NOT EXISTS entries (
     state TEXT NOT NULL,
     name TEXT NOT NULL,
     name_fold TEXT NOT NULL,
+    -- The inode as the folder's listing gives it (d_ino: compared with the next
+    -- listing's) and as stat gives it (compared with the report's identity); some
+    -- filesystems (overlayfs, some FUSE ones) give two different numbers.
     ino INTEGER NOT NULL,
+    file_ino INTEGER NOT NULL,
     ctime_ns INTEGER NOT NULL,
     filed_at REAL NOT NULL,
     filed_iso TEXT,
@@ -500,7 +504,7 @@ class Catalog:
         100,000 names never sit in Python's memory at once (freed, they would still
         weigh on the process's RSS)."""
         db.execute("CREATE TEMP TABLE IF NOT EXISTS seen (name TEXT PRIMARY KEY, ino INT)")
-        db.execute("CREATE TEMP TABLE IF NOT EXISTS fresh (name TEXT NOT NULL)")
+        db.execute("CREATE TEMP TABLE IF NOT EXISTS fresh (name TEXT NOT NULL, ino INT)")
         db.execute("BEGIN")  # only temp tables are written: no lock on the cache file
         try:
             db.execute("DELETE FROM seen")
@@ -546,7 +550,7 @@ class Catalog:
             ]
             db.execute("DELETE FROM fresh")
             came = db.execute(
-                "INSERT INTO fresh SELECT name FROM seen s WHERE NOT EXISTS "
+                "INSERT INTO fresh SELECT name, ino FROM seen s WHERE NOT EXISTS "
                 "(SELECT 1 FROM entries e WHERE e.state = ? AND e.name = s.name "
                 "AND e.ino = s.ino)",
                 (state.value,),
@@ -554,40 +558,40 @@ class Catalog:
             if restat or (changed and not gone and not came):
                 left, last = set(gone), 0
                 while chunk := db.execute(
-                    "SELECT id, name, ctime_ns FROM entries WHERE state = ? AND id > ? "
+                    "SELECT id, name, ino, ctime_ns FROM entries WHERE state = ? AND id > ? "
                     "ORDER BY id LIMIT ?",
                     (state.value, last, _CHUNK),
                 ).fetchall():
                     last = chunk[-1][0]
-                    for row_id, name, ctime_ns in chunk:
+                    for row_id, name, ino, ctime_ns in chunk:
                         if row_id in left:
                             continue
                         try:
                             if lstat(name).st_ctime_ns == ctime_ns:
                                 continue
-                            db.execute("INSERT INTO fresh VALUES (?)", (name,))
+                            db.execute("INSERT INTO fresh VALUES (?, ?)", (name, ino))
                         except OSError:
                             pass
                         gone.append(row_id)
             self._delete(db, gone)
             added, last = 0, 0
             while chunk := db.execute(
-                "SELECT rowid, name FROM fresh WHERE rowid > ? ORDER BY rowid LIMIT ?",
+                "SELECT rowid, name, ino FROM fresh WHERE rowid > ? ORDER BY rowid LIMIT ?",
                 (last, _CHUNK),
             ).fetchall():
                 last = chunk[-1][0]
                 rows = []
-                for _, name in chunk:
+                for _, name, ino in chunk:
                     try:
                         st = lstat(name)
                     except OSError:
                         continue  # gone meanwhile: the next listing sees it
-                    rows.append((state.value, name, name.casefold(), st.st_ino, st.st_ctime_ns,
-                                 st.st_ctime, _iso(st.st_ctime)))  # fmt: skip
-                rows.sort(key=lambda row: row[5])  # filed_at: the index grows at its end
+                    rows.append((state.value, name, name.casefold(), ino, st.st_ino,
+                                 st.st_ctime_ns, st.st_ctime, _iso(st.st_ctime)))  # fmt: skip
+                rows.sort(key=lambda row: row[6])  # filed_at: the index grows at its end
                 db.executemany(
-                    "INSERT INTO entries (state, name, name_fold, ino, ctime_ns, filed_at, "
-                    "filed_iso) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO entries (state, name, name_fold, ino, file_ino, ctime_ns, "
+                    "filed_at, filed_iso) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
                 added += len(rows)
@@ -615,7 +619,7 @@ class Catalog:
         left to read."""
         with self._borrowed() as db:
             todo = db.execute(
-                "SELECT id, name, ino FROM entries WHERE indexed = 0 "
+                "SELECT id, name, file_ino FROM entries WHERE indexed = 0 "
                 "ORDER BY filed_at DESC LIMIT ?",
                 (TEXT_BATCH,),
             ).fetchall()
