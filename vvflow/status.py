@@ -181,21 +181,22 @@ def storage(layout: Layout, min_free_bytes: int, lease_seconds: float) -> dict[s
     }
 
 
-def _bytes(count: int | None) -> str:
-    if count is None:
+def size(count: object) -> str:
+    """Bytes for a person (`12.3 MiB`); `?` when unknown."""
+    if not isinstance(count, int):
         return "?"
-    size = float(count)
+    value = float(count)
     for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024:
-            return f"{size:.1f} {unit}" if unit != "B" else f"{count} B"
-        size /= 1024
-    return f"{size:.1f} TiB"
+        if value < 1024:
+            return f"{value:.1f} {unit}" if unit != "B" else f"{count} B"
+        value /= 1024
+    return f"{value:.1f} TiB"
 
 
 def _render_storage(data: dict[str, Any] | None) -> list[str]:
     if data is None:
         return []
-    free = f"{_bytes(data['free_bytes'])} free, claiming needs {_bytes(data['min_free_bytes'])}"
+    free = f"{size(data['free_bytes'])} free, claiming needs {size(data['min_free_bytes'])}"
     if not data["trouble"]:
         return ["", f"storage: {free}"]
     since = f" since {data['since']}" if data["since"] else ""
@@ -203,7 +204,10 @@ def _render_storage(data: dict[str, Any] | None) -> list[str]:
             f"  claiming paused ({free}); videos hit by it went back to pending/"]  # fmt: skip
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: object) -> str:
+    """`42s`, `3m07s`, `2h05m`; `-` when unknown."""
+    if not isinstance(seconds, int | float):
+        return "-"
     seconds = max(0, int(seconds))
     if seconds < 120:
         return f"{seconds}s"
@@ -259,7 +263,7 @@ def _stage_cell(entry: dict[str, Any]) -> str:
     if entry.get("progress") is not None:
         cell += f" {100 * float(entry['progress']):.0f}%"
     if entry.get("stage_for_s") is not None:
-        cell += f" ({_duration(float(entry['stage_for_s']))})"
+        cell += f" ({duration(float(entry['stage_for_s']))})"
     return cell
 
 
@@ -303,7 +307,7 @@ def render(data: dict[str, Any], width: int | None = None) -> str:
     if data["processing_now"]:
         lines.append("")
         rows = [
-            [_show(p["name"]), _stage_cell(p), _duration(p["for_s"]), p["instance"]]
+            [_show(p["name"]), _stage_cell(p), duration(p["for_s"]), p["instance"]]
             for p in sorted(data["processing_now"], key=lambda p: -p["for_s"])
         ]
         lines += _table(["PROCESSING NOW", "STAGE", "FOR", "INSTANCE"], rows)
@@ -312,7 +316,7 @@ def render(data: dict[str, Any], width: int | None = None) -> str:
         shown = data["failures"][:NEWEST_FAILURES]
         rows = [
             [_show(f["name"]), f["stage"] or "-",
-             f"{_duration(_age(f['finished_at'], 0))} ago" if f["finished_at"] else "-",
+             f"{duration(_age(f['finished_at'], 0))} ago" if f["finished_at"] else "-",
              _reason(f)]
             for f in shown
         ]  # fmt: skip
@@ -333,7 +337,7 @@ def render(data: dict[str, Any], width: int | None = None) -> str:
         lines.append("")
         rows = [
             [i["name"], i["state"], str(i["claims"]),
-             "-" if i["heartbeat_age_s"] is None else _duration(i["heartbeat_age_s"])]
+             "-" if i["heartbeat_age_s"] is None else duration(i["heartbeat_age_s"])]
             for i in data["instances"]
         ]  # fmt: skip
         lines += _table(["INSTANCE", "STATE", "CLAIMS", "HEARTBEAT AGE"], rows)

@@ -77,28 +77,6 @@ def video_url(name: str) -> str:
     return "/videos/" + quote(name, safe="")
 
 
-def _duration(seconds: Any) -> str:
-    if not isinstance(seconds, int | float):
-        return "-"
-    seconds = max(0, int(seconds))
-    if seconds < 120:
-        return f"{seconds}s"
-    if seconds < 7200:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-
-
-def _bytes(count: Any) -> str:
-    if not isinstance(count, int):
-        return "?"
-    size = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{count} B" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError(count)
-
-
 def _local(target: str | None, default: str) -> str:
     """A redirect target on this site: a path, never another host (`//x`, `/\\x`)."""
     if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
@@ -125,8 +103,8 @@ class WebApp:
         )
         self.templates.globals.update(
             video_url=video_url,
-            duration=_duration,
-            size=_bytes,
+            duration=status.duration,
+            size=status.size,
             version=__version__,
             poll_ms=POLL_SECONDS * 1000,
         )
