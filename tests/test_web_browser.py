@@ -46,6 +46,8 @@ HOSTILE = (
     "<script>alert(2)<\\script> %?#\nline.mp4"
 )
 PLAIN_FAILED = "broken-plain.mp4"
+#: Completes: its outputs are named after it, so their links need URL quoting too.
+HOSTILE_DONE = 'done 100% ?a=1#b & "q" <i id=injected>.mp4'
 #: Installed before any script of every page: an alert is recorded, not shown.
 ALERT_PROBE = "window.__alerts = []; window.alert = (m) => { window.__alerts.push(String(m)); };"
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -84,12 +86,12 @@ def site(tmp_path_factory: pytest.TempPathFactory, video_bytes: bytes) -> Iterat
     root.folder("pending").mkdir(parents=True)
     root.configure(hostile_three(root, scan="fail-if:broken", attempts=1),
                    stable_seconds=0, rescan_seconds=0.5)  # fmt: skip
-    for name in ("done-1.mp4", PLAIN_FAILED, HOSTILE):
+    for name in ("done-1.mp4", HOSTILE_DONE, PLAIN_FAILED, HOSTILE):
         root.drop(name)
     with Served(root.path, "run", log=base / "run.log") as served:
         wait_for(lambda: root.names("pending") == root.names("processing") == [],
                  what="the first videos to settle", detail=served.tail)  # fmt: skip
-        assert root.names("completed") == ["done-1.mp4"], served.tail()
+        assert root.names("completed") == sorted(["done-1.mp4", HOSTILE_DONE]), served.tail()
         assert root.names("failed") == sorted([PLAIN_FAILED, HOSTILE]), served.tail()
         yield Site(root, served)
         assert served.stop() == 0, served.tail()
@@ -272,7 +274,7 @@ def test_hostile_name_renders_as_text_everywhere_and_retries_by_its_exact_name(
 ) -> None:
     """A name with quotes, markup, URL syntax and a newline is text on /failed, in a
     search, on its own page (reached by its link) and in the retry form, which moves
-    exactly that file."""
+    exactly that file; a completed one's output files are served by their links."""
     driver.get(site.url("/failed"))
     line = row(driver, HOSTILE)
     assert HOSTILE in line.get_attribute("textContent")
@@ -290,6 +292,30 @@ def test_hostile_name_renders_as_text_everywhere_and_retries_by_its_exact_name(
     )
     assert driver.find_element(By.TAG_NAME, "h1").get_attribute("textContent").strip() == HOSTILE
     assert_nothing_injected(driver)
+
+    driver.get(site.url("/completed"))
+    row(driver, HOSTILE_DONE).find_element(By.CSS_SELECTOR, "a.video").click()
+    WebDriverWait(driver, 10).until(lambda d: d.current_url.startswith(site.url("/videos/")))
+    assert driver.find_element(By.TAG_NAME, "h1").get_attribute("textContent").strip() == (
+        HOSTILE_DONE
+    )
+    assert_nothing_injected(driver)
+    links = driver.execute_script(
+        "return [...document.querySelectorAll('#outputs a')].map(a => a.href);"
+    )
+    stem = HOSTILE_DONE.removesuffix(".mp4")
+    wanted = {f"analytic/{stem}.analytic.json", f"summaries/{stem}.summary.json",
+              f"loglines/{stem}.logline.json"}  # fmt: skip
+    served = {urllib.parse.unquote(urllib.parse.urlsplit(link).path).removeprefix("/files/")
+              for link in links}  # fmt: skip
+    assert wanted <= served, links
+    for link in links:
+        path = urllib.parse.urlsplit(link)
+        status, body = raw_get(site.served.url, path.path + (f"?{path.query}" * bool(path.query)))
+        assert status == 200, (link, status)
+        name = urllib.parse.unquote(path.path).removeprefix("/files/")
+        if name in wanted:
+            assert body == (site.root.path / name).read_bytes(), link
 
     with paused_from_the_page(site, driver, "hostile name"):
         driver.get(site.url("/failed"))
@@ -371,20 +397,28 @@ def test_a_non_loopback_page_without_a_token_refuses_to_start(tmp_path: Path) ->
     root = tmp_path / "root"
     (root / "input" / "pending").mkdir(parents=True)
     netns = ["unshare", "--net", sys.executable, "-c", _NETNS_SETUP, NETNS_ADDRESS]
-    for command in ("run", "web"):
-        proc = subprocess.run(
-            [*netns, sys.executable, "-m", "vvflow", command, "--root", str(root),
-             "--web-port", "0", "--web-host", NETNS_ADDRESS],
-            capture_output=True, text=True, timeout=30, env=clean_env(), check=False,
-        )  # fmt: skip
-        lines = [line for line in proc.stderr.splitlines() if line.strip()]
-        assert proc.returncode == 2, proc.stderr[-3000:]
-        assert len(lines) == 1 and "web_token" in lines[0], proc.stderr[-3000:]
-        assert "Traceback" not in proc.stderr
-    with Served(root, "web", "--web-host", NETNS_ADDRESS, log=tmp_path / "web.log",
-                prefix=netns, env={"VVFLOW_WEB_TOKEN": TOKEN}) as served:  # fmt: skip
-        assert served.url.startswith(f"http://{NETNS_ADDRESS}:"), served.url
-        assert served.stop() == 0, served.tail()
+    # All three at once: each is an interpreter start or two.
+    refused = {command: subprocess.Popen(
+        [*netns, sys.executable, "-m", "vvflow", command, "--root", str(root),
+         "--web-port", "0", "--web-host", NETNS_ADDRESS],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True, env=clean_env(),
+    ) for command in ("run", "web")}  # fmt: skip
+    try:
+        with Served(root, "web", "--web-host", NETNS_ADDRESS, log=tmp_path / "web.log",
+                    prefix=netns, env={"VVFLOW_WEB_TOKEN": TOKEN}) as served:  # fmt: skip
+            assert served.url.startswith(f"http://{NETNS_ADDRESS}:"), served.url
+            for command, proc in refused.items():
+                _, stderr = proc.communicate(timeout=30)
+                lines = [line for line in stderr.splitlines() if line.strip()]
+                assert proc.returncode == 2, (command, stderr[-3000:])
+                assert len(lines) == 1 and "web_token" in lines[0], (command, stderr[-3000:])
+            assert served.stop() == 0, served.tail()
+    finally:
+        for proc in refused.values():
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
 
 
 def test_with_a_token_requests_need_it_and_the_login_form_lets_the_browser_in(
