@@ -51,6 +51,9 @@ def build_demo(root: Path) -> list[str]:
     scratch = root.parent / "scratch.mp4"
     make_video(scratch, seconds=2, width=320, height=180, cuts=1)
     make_truncated(scratch, pending / "upload-interrupted.mp4")
+    # Long enough (about 5 s through the stages) to be caught running.
+    make_video(root.parent / LONG, seconds=90, width=320, height=180, fps=25, cuts=40,
+               text="ARCHIVE")  # fmt: skip
     (root / "vvflow.toml").write_text("stable_seconds = 0\nspeech = false\nworkers = 2\n")
     return sorted([FEATURED, "title-card.mov", "street-market.mkv", HOSTILE])
 
@@ -63,6 +66,17 @@ def running(root: Path) -> list[str]:
     folder = root / "input" / "processing"
     return [p.name for inst in folder.iterdir() if inst.is_dir() for p in inst.iterdir()
             if not p.name.startswith(".")] if folder.is_dir() else []  # fmt: skip
+
+
+def now_row_filled(driver: Any, url: str) -> bool:
+    """Load /now; whether it lists a running video with its attempt (not "-")."""
+    driver.get(url + "now")
+    heads = [th.text for th in driver.find_elements(By.CSS_SELECTOR, "thead th")]
+    rows = driver.find_elements(By.CSS_SELECTOR, "tr[data-video]")
+    if not rows or "Attempt" not in heads:
+        return False
+    cells = rows[0].find_elements(By.TAG_NAME, "td")
+    return cells[heads.index("Attempt")].text.strip() not in {"", "-"}
 
 
 def save(driver: Any, path: Path) -> int:
@@ -94,10 +108,12 @@ def main() -> int:
             wait_for(lambda: names(root / "input" / "completed") == done
                      and names(root / "input" / "failed") == ["upload-interrupted.mp4"],
                      timeout=120, what="the demo videos to settle", detail=served.tail)  # fmt: skip
-            make_video(root / "input" / "pending" / LONG, seconds=90, width=320, height=180,
-                       fps=25, cuts=12)  # fmt: skip
+            os.rename(root.parent / LONG, root / "input" / "pending" / LONG)
             wait_for(lambda: LONG in running(root), timeout=60, what=f"{LONG} to run",
                      detail=served.tail)  # fmt: skip
+            # The shot of /now once the running video's activity (its attempt) is known.
+            wait_for(lambda: now_row_filled(driver, served.url), timeout=10,
+                     what=f"/now to show {LONG}'s attempt")  # fmt: skip
             pages = {
                 "now": "now",
                 "overview": "",
@@ -106,15 +122,12 @@ def main() -> int:
                 "video": "videos/" + urllib.parse.quote(FEATURED),
             }
             for shot, path in pages.items():
-                driver.get(served.url + path)
+                if shot != "now":  # loaded by now_row_filled, and not to be reloaded
+                    driver.get(served.url + path)
                 wait_for(lambda: driver.execute_script(
                     "return document.readyState === 'complete'"
                     " && [...document.images].every(i => i.complete);"
                 ), timeout=10, what=f"the {shot} page to load")  # fmt: skip
-                if shot == "now":
-                    assert driver.find_elements(By.CSS_SELECTOR, "tr[data-video]"), (
-                        f"{LONG} finished before the shot of /now"
-                    )
                 size = save(driver, out / f"{shot}.png")
                 print(f"{out / f'{shot}.png'}: {size} bytes")
             assert served.stop() == 0, served.tail()
