@@ -79,8 +79,8 @@ def driver() -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory, video_bytes: bytes) -> Iterator[Site]:
-    """`vvflow run --web-port 0` on a root with fast stages, two failed videos (one with
-    a hostile name) and one completed, settled before the tests start."""
+    """`vvflow run --web-port 0` on a root with fast stages: two videos completed and two
+    failed (one of each with a hostile name), settled before the tests start."""
     base = tmp_path_factory.mktemp("site")
     root = Root(base / "root", base / "runs.log", video_bytes)
     root.folder("pending").mkdir(parents=True)
