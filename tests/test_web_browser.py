@@ -26,9 +26,9 @@ from typing import Any
 
 import cv2
 import pytest
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
-from selenium.webdriver.support.expected_conditions import staleness_of
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.browser import Served, Unavailable, chromium
@@ -141,7 +141,17 @@ def row(driver: Any, name: str) -> WebElement:
 
 
 def submit(form: WebElement) -> None:
+    """Click the form's button and wait for the page it leads to (a marker set in this
+    document is gone from the next)."""
+    driver = form.parent
+    driver.execute_script("window.__submitted = true;")
     form.find_element(By.CSS_SELECTOR, "button, input[type=submit]").click()
+    WebDriverWait(driver, 10, ignored_exceptions=(WebDriverException,)).until(
+        lambda d: d.execute_script(
+            "return window.__submitted === undefined && document.readyState === 'complete';"
+        ),
+        message="the form's submission never led to a new page",
+    )
 
 
 def assert_nothing_injected(driver: Any) -> None:
@@ -188,6 +198,11 @@ def paused_from_the_page(site: Site, driver: Any, reason: str) -> Iterator[None]
     try:
         yield
     finally:
+        # Whatever the test did must leave the daemon serving.
+        assert site.served.proc.poll() is None, (
+            f"vvflow run stopped (exit {site.served.proc.returncode}) while paused: "
+            f"{[e for e in site.served.events() if e['level'] == 'error']}"
+        )
         driver.get(site.url("/"))
         submit(driver.find_element(By.CSS_SELECTOR, "form#resume"))
         wait_for(lambda: not pause_file.exists(), timeout=10, what="the pause file gone")
@@ -247,85 +262,6 @@ def test_video_page_shows_its_contact_sheet_and_texts(built: Site, driver: Any) 
     for section in ("scenes", "captions", "attempts", "outputs"):
         assert driver.find_element(By.ID, section).text.strip(), section
     assert "VVFLOW" in driver.find_element(By.ID, "captions").text
-
-
-def test_retry_from_the_failed_page_moves_the_video_back_to_pending(
-    site: Site, driver: Any
-) -> None:
-    """A click on a failed video's retry button (the root paused, so that nothing claims
-    it again at once) puts it back in input/pending/; resumed, it runs and fails again."""
-    with paused_from_the_page(site, driver, "retry <test> & check"):
-        driver.get(site.url("/failed"))
-        submit(row(driver, PLAIN_FAILED).find_element(By.CSS_SELECTOR, "form.retry"))
-        wait_for(lambda: PLAIN_FAILED in site.root.names("pending"), timeout=10,
-                 what="the video in pending/", detail=lambda: folder_counts(site.root))  # fmt: skip
-        assert PLAIN_FAILED not in site.root.names("failed")
-        WebDriverWait(driver, 10).until(lambda d: urllib.parse.urlsplit(d.current_url).path
-                                        == "/failed")  # fmt: skip
-        listed = driver.find_elements(By.CSS_SELECTOR, "tr[data-video]")
-        assert PLAIN_FAILED not in [r.get_attribute("data-video") for r in listed]
-        assert PLAIN_FAILED in site.root.names("pending")
-    wait_for(lambda: PLAIN_FAILED in site.root.names("failed"), timeout=20,
-             what="the retried video to run and fail again", detail=site.served.tail)  # fmt: skip
-
-
-def test_hostile_name_renders_as_text_everywhere_and_retries_by_its_exact_name(
-    site: Site, driver: Any
-) -> None:
-    """A name with quotes, markup, URL syntax and a newline is text on /failed, in a
-    search, on its own page (reached by its link) and in the retry form, which moves
-    exactly that file; a completed one's output files are served by their links."""
-    driver.get(site.url("/failed"))
-    line = row(driver, HOSTILE)
-    assert HOSTILE in line.get_attribute("textContent")
-    assert_nothing_injected(driver)
-
-    driver.get(site.url("/failed?" + urllib.parse.urlencode({"q": "<b id=injected> onerror"})))
-    assert [r.get_attribute("data-video") for r in
-            driver.find_elements(By.CSS_SELECTOR, "tr[data-video]")] == [HOSTILE]  # fmt: skip
-    assert_nothing_injected(driver)
-
-    row(driver, HOSTILE).find_element(By.CSS_SELECTOR, "a.video").click()
-    WebDriverWait(driver, 10).until(lambda d: d.current_url.startswith(site.url("/videos/")))
-    assert urllib.parse.unquote(urllib.parse.urlsplit(driver.current_url).path) == (
-        "/videos/" + HOSTILE
-    )
-    assert driver.find_element(By.TAG_NAME, "h1").get_attribute("textContent").strip() == HOSTILE
-    assert_nothing_injected(driver)
-
-    driver.get(site.url("/completed"))
-    row(driver, HOSTILE_DONE).find_element(By.CSS_SELECTOR, "a.video").click()
-    WebDriverWait(driver, 10).until(lambda d: d.current_url.startswith(site.url("/videos/")))
-    assert driver.find_element(By.TAG_NAME, "h1").get_attribute("textContent").strip() == (
-        HOSTILE_DONE
-    )
-    assert_nothing_injected(driver)
-    links = driver.execute_script(
-        "return [...document.querySelectorAll('#outputs a')].map(a => a.href);"
-    )
-    stem = HOSTILE_DONE.removesuffix(".mp4")
-    wanted = {f"analytic/{stem}.analytic.json", f"summaries/{stem}.summary.json",
-              f"loglines/{stem}.logline.json"}  # fmt: skip
-    served = {urllib.parse.unquote(urllib.parse.urlsplit(link).path).removeprefix("/files/")
-              for link in links}  # fmt: skip
-    assert wanted <= served, links
-    for link in links:
-        path = urllib.parse.urlsplit(link)
-        status, body = raw_get(site.served.url, path.path + (f"?{path.query}" * bool(path.query)))
-        assert status == 200, (link, status)
-        name = urllib.parse.unquote(path.path).removeprefix("/files/")
-        if name in wanted:
-            assert body == (site.root.path / name).read_bytes(), link
-
-    with paused_from_the_page(site, driver, "hostile name"):
-        driver.get(site.url("/failed"))
-        submit(row(driver, HOSTILE).find_element(By.CSS_SELECTOR, "form.retry"))
-        wait_for(lambda: HOSTILE in site.root.names("pending"), timeout=10,
-                 what="the hostile name in pending/, by its exact name",
-                 detail=lambda: (site.root.names("pending"), site.root.names("failed"),
-                                 site.served.tail()))  # fmt: skip
-    wait_for(lambda: HOSTILE in site.root.names("failed"), timeout=20,
-             what="the retried hostile name to fail again", detail=site.served.tail)  # fmt: skip
 
 
 def test_files_outside_the_output_folders_get_404(built: Site) -> None:
@@ -453,7 +389,6 @@ def test_with_a_token_requests_need_it_and_the_login_form_lets_the_browser_in(
                 login = driver.find_element(By.CSS_SELECTOR, "input[name=token]")
                 login.send_keys(token)
                 submit(login.find_element(By.XPATH, "./ancestor::form"))
-                WebDriverWait(driver, 10).until(staleness_of(login))
                 assert bool(driver.find_elements(By.CSS_SELECTOR, "[data-count]")) == admitted
             assert counts(driver)["completed"] == "1"
             driver.get(url + "videos/clip.mp4")
@@ -464,3 +399,82 @@ def test_with_a_token_requests_need_it_and_the_login_form_lets_the_browser_in(
         finally:
             driver.delete_all_cookies()
         assert served.stop() == 0, served.tail()
+
+
+def test_retry_from_the_failed_page_moves_the_video_back_to_pending(
+    site: Site, driver: Any
+) -> None:
+    """A click on a failed video's retry button (the root paused, so that nothing claims
+    it again at once) puts it back in input/pending/; resumed, it runs and fails again."""
+    with paused_from_the_page(site, driver, "retry <test> & check"):
+        driver.get(site.url("/failed"))
+        submit(row(driver, PLAIN_FAILED).find_element(By.CSS_SELECTOR, "form.retry"))
+        wait_for(lambda: PLAIN_FAILED in site.root.names("pending"), timeout=10,
+                 what="the video in pending/", detail=lambda: folder_counts(site.root))  # fmt: skip
+        assert PLAIN_FAILED not in site.root.names("failed")
+        WebDriverWait(driver, 10).until(lambda d: urllib.parse.urlsplit(d.current_url).path
+                                        == "/failed")  # fmt: skip
+        listed = driver.find_elements(By.CSS_SELECTOR, "tr[data-video]")
+        assert PLAIN_FAILED not in [r.get_attribute("data-video") for r in listed]
+        assert PLAIN_FAILED in site.root.names("pending")
+    wait_for(lambda: PLAIN_FAILED in site.root.names("failed"), timeout=20,
+             what="the retried video to run and fail again", detail=site.served.tail)  # fmt: skip
+
+
+def test_hostile_name_renders_as_text_everywhere_and_retries_by_its_exact_name(
+    site: Site, driver: Any
+) -> None:
+    """A name with quotes, markup, URL syntax and a newline is text on /failed, in a
+    search, on its own page (reached by its link) and in the retry form, which moves
+    exactly that file; a completed one's output files are served by their links."""
+    driver.get(site.url("/failed"))
+    line = row(driver, HOSTILE)
+    assert HOSTILE in line.get_attribute("textContent")
+    assert_nothing_injected(driver)
+
+    driver.get(site.url("/failed?" + urllib.parse.urlencode({"q": "<b id=injected> onerror"})))
+    assert [r.get_attribute("data-video") for r in
+            driver.find_elements(By.CSS_SELECTOR, "tr[data-video]")] == [HOSTILE]  # fmt: skip
+    assert_nothing_injected(driver)
+
+    row(driver, HOSTILE).find_element(By.CSS_SELECTOR, "a.video").click()
+    WebDriverWait(driver, 10).until(lambda d: d.current_url.startswith(site.url("/videos/")))
+    assert urllib.parse.unquote(urllib.parse.urlsplit(driver.current_url).path) == (
+        "/videos/" + HOSTILE
+    )
+    assert driver.find_element(By.TAG_NAME, "h1").get_attribute("textContent").strip() == HOSTILE
+    assert_nothing_injected(driver)
+
+    driver.get(site.url("/completed"))
+    row(driver, HOSTILE_DONE).find_element(By.CSS_SELECTOR, "a.video").click()
+    WebDriverWait(driver, 10).until(lambda d: d.current_url.startswith(site.url("/videos/")))
+    assert driver.find_element(By.TAG_NAME, "h1").get_attribute("textContent").strip() == (
+        HOSTILE_DONE
+    )
+    assert_nothing_injected(driver)
+    links = driver.execute_script(
+        "return [...document.querySelectorAll('#outputs a')].map(a => a.href);"
+    )
+    stem = HOSTILE_DONE.removesuffix(".mp4")
+    wanted = {f"analytic/{stem}.analytic.json", f"summaries/{stem}.summary.json",
+              f"loglines/{stem}.logline.json"}  # fmt: skip
+    served = {urllib.parse.unquote(urllib.parse.urlsplit(link).path).removeprefix("/files/")
+              for link in links}  # fmt: skip
+    assert wanted <= served, links
+    for link in links:
+        path = urllib.parse.urlsplit(link)
+        status, body = raw_get(site.served.url, path.path + (f"?{path.query}" * bool(path.query)))
+        assert status == 200, (link, status)
+        name = urllib.parse.unquote(path.path).removeprefix("/files/")
+        if name in wanted:
+            assert body == (site.root.path / name).read_bytes(), link
+
+    with paused_from_the_page(site, driver, "hostile name"):
+        driver.get(site.url("/failed"))
+        submit(row(driver, HOSTILE).find_element(By.CSS_SELECTOR, "form.retry"))
+        wait_for(lambda: HOSTILE in site.root.names("pending"), timeout=10,
+                 what="the hostile name in pending/, by its exact name",
+                 detail=lambda: (site.root.names("pending"), site.root.names("failed"),
+                                 site.served.tail()))  # fmt: skip
+    wait_for(lambda: HOSTILE in site.root.names("failed"), timeout=20,
+             what="the retried hostile name to fail again", detail=site.served.tail)  # fmt: skip
