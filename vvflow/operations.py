@@ -9,6 +9,7 @@ from __future__ import annotations
 import getpass
 import os
 import shutil
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -73,8 +74,12 @@ def retry(
     if not chosen:
         return []
     layout.ensure()
+    # A folder of its own (removed below), never this process's instance folder: in
+    # `vvflow run --web-port` that one is the daemon's, with the videos it runs. Its name
+    # is no instance name, so another instance judges it by its heartbeat alone.
     lease = instance.Lease(
-        layout.processing / instance.InstanceId.current().name, settings.lease_seconds
+        layout.processing / f"{instance.InstanceId.current().name}-retry-{uuid.uuid4().hex[:8]}",
+        settings.lease_seconds,
     )
     lease.acquire()
     done: list[Retried] = []
