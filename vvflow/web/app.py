@@ -13,7 +13,7 @@ import math
 import time
 from importlib.resources import files
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, unquote, urlencode
 
 import jinja2
 from starlette.applications import Starlette
@@ -103,6 +103,7 @@ class WebApp:
         )
         self.templates.globals.update(
             video_url=video_url,
+            form_name=form_name,
             duration=status.duration,
             size=status.size,
             version=__version__,
@@ -337,6 +338,11 @@ class WebApp:
         from_start = _field(form, "from_start") is not None
         if what == "retry":
             names = [n for n in form.getlist("name") if isinstance(n, str) and n]
+            names += [
+                unquote(n, errors="surrogateescape")
+                for n in form.getlist("qname")
+                if isinstance(n, str) and n
+            ]
             if not names:
                 raise ConfigError("retry: no video named")
             done = operations.retry(settings, names, from_start=from_start)
@@ -362,6 +368,13 @@ class WebApp:
                 return "resumed: instances claim videos again"
             return "not paused: nothing to resume"
         raise HTTPException(404)
+
+
+def form_name(name: str) -> str:
+    """`name` percent-encoded for a form's hidden `qname` field: a browser posts a
+    field's line breaks as CRLF (HTML's form rules), so a name holding a newline or a
+    carriage return would not come back as it is."""
+    return quote(name, safe="", errors="surrogateescape")
 
 
 def _here(request: Request) -> str:
