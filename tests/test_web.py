@@ -135,12 +135,15 @@ def serve(root: Root, cache: Path, *args: str, prefix: tuple[str, ...] = (),
 
 
 def stop(site: Site) -> int:
+    """SIGTERM; its exit code, once it said `stopped` as its last line."""
     site.proc.send_signal(signal.SIGTERM)
+    assert site.proc.stderr is not None
     try:
         code = site.proc.wait(timeout=20)
+        last = [json.loads(line) for line in site.proc.stderr if line.startswith("{")][-1]
+        assert last["event"] == "stopped", last
     finally:
         site.proc.kill()
-        assert site.proc.stderr is not None
         site.proc.stderr.close()
     return code
 

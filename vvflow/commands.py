@@ -19,6 +19,7 @@ from vvflow import __version__, atomicfs, filesystem, logs, operations, status
 from vvflow.config import Settings, builtin_stages, load_settings
 from vvflow.daemon import Daemon, check_health
 from vvflow.errors import ConfigError, LayoutError
+from vvflow.events import Event
 from vvflow.layout import DOCTOR_PREFIX, MOVES, Layout
 from vvflow.progress import ProgressBar
 from vvflow.stages import STAGES
@@ -221,6 +222,7 @@ def _cmd_web(settings: Settings) -> int:
             page.wait(0.2)
     finally:
         page.stop()
+    logs.event(Event.STOPPED, address=page.address)
     return RET_OK
 
 
