@@ -43,7 +43,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from vvflow import logs
 from vvflow.events import Event
@@ -558,19 +558,35 @@ def same_file(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
-def read_regular(path: Path) -> bytes | None:
-    """The bytes of the regular file at `path`; None when it is absent, unreadable or
-    not a regular file. Never blocks on a FIFO nor follows a symlink planted there."""
+def read_regular(path: Path, max_bytes: int | None = None) -> bytes | None:
+    """The bytes of the regular file at `path`; None when it is absent, unreadable, not
+    a regular file or larger than `max_bytes` (then at most `max_bytes` + 1 bytes are
+    read of a file that grows meanwhile). Never blocks on a FIFO nor follows a symlink
+    planted there."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        if max_bytes is not None and st.st_size > max_bytes:
             return None
         with os.fdopen(fd, "rb", closefd=False) as fh:
-            return fh.read()
+            return fh.read() if max_bytes is None else fh.read(max_bytes + 1)
     except OSError:
         return None
     finally:
         os.close(fd)
+
+
+def json_object(path: Path, max_bytes: int | None = None) -> dict[str, Any] | None:
+    """The JSON object in the regular file at `path` (as `read_regular` reads it); None
+    when there is none: absent, not a regular file, too big, not JSON, not an object."""
+    data = read_regular(path, max_bytes)
+    try:
+        value = json.loads(data) if data is not None else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None

@@ -330,11 +330,7 @@ def recover_folder(layout: Layout, folder: Path) -> dict[str, int]:
         names = []
     for name in names:
         path = staged / name
-        data = atomicfs.read_regular(path)
-        try:
-            video = json.loads(data)["video"] if data is not None else None
-        except (ValueError, KeyError, TypeError):
-            video = None
+        video = (atomicfs.json_object(path) or {}).get("video")
         if isinstance(video, str) and not os.path.lexists(folder / video):
             atomicfs.makedirs(layout.outbox)
             counts["published"] += _publish(path, layout.outbox)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import calendar
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -532,9 +531,8 @@ class Worker:
                 continue
             outputs[stage] = path.relative_to(self.layout.root).as_posix()
             if stage == "logline":
-                with contextlib.suppress(ValueError, TypeError, KeyError):
-                    text = json.loads(atomicfs.read_regular(path) or b"")["logline"]
-                    logline = text if isinstance(text, str) else None
+                text = (atomicfs.json_object(path) or {}).get("logline")
+                logline = text if isinstance(text, str) else None
         record = notify.payload(
             state.value,
             root=self.layout.root,

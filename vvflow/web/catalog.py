@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import re
@@ -29,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from vvflow import logs
+from vvflow import atomicfs, logs
 from vvflow.events import Event
 from vvflow.layout import Layout, State, split_name
 from vvflow.pipeline import Pipeline
@@ -179,29 +178,6 @@ def _epoch(iso: object) -> float | None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
-
-
-def _json_object(path: Path | None) -> dict[str, Any] | None:
-    """The JSON object in the regular file at `path`; None when it is absent, not a
-    regular file (never follows a symlink, never blocks on a FIFO), too big, or not a
-    JSON object."""
-    if path is None:
-        return None
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > TEXT_FILE_MAX:
-            return None
-        with os.fdopen(fd, "rb", closefd=False) as fh:
-            value = json.loads(fh.read(TEXT_FILE_MAX + 1))
-    except (OSError, ValueError):
-        return None
-    finally:
-        os.close(fd)
-    return value if isinstance(value, dict) else None
 
 
 def _text(value: object) -> str | None:
@@ -652,15 +628,16 @@ class Catalog:
         """What the report and the built-in logline and summary outputs say about a
         filed video; a missing or broken file leaves its fields None. A report of
         another file (an earlier video of that name) is not this one's."""
-        rep = _json_object(self.layout.report_path(name))
+        rep = atomicfs.json_object(self.layout.report_path(name), TEXT_FILE_MAX)
         identity = rep.get("identity") if rep is not None else None
         if rep is None or not isinstance(identity, dict) or identity.get("inode") != ino:
             rep = {}
         outputs: dict[str, Path] = {}
         with contextlib.suppress(KeyError, ValueError, IndexError):
             outputs = self.pipeline.all_outputs(name, split_name(name)[0])
-        logline = _json_object(outputs.get("logline"))
-        summary = _json_object(outputs.get("summarize"))
+        logline_file, summary_file = outputs.get("logline"), outputs.get("summarize")
+        logline = atomicfs.json_object(logline_file, TEXT_FILE_MAX) if logline_file else None
+        summary = atomicfs.json_object(summary_file, TEXT_FILE_MAX) if summary_file else None
         finished = rep.get("finished_at")
         filed_at = _epoch(finished)
         return _Texts(

@@ -7,7 +7,6 @@ captions, transcript, summary, logline). A custom pipeline shows what it has.
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 from dataclasses import dataclass, field
@@ -105,18 +104,6 @@ def locate(layout: Layout, name: str) -> tuple[str | None, str | None]:
     return None, None
 
 
-def _json_object(path: Path) -> dict[str, Any] | None:
-    st = _regular(path)
-    if st is None or st.st_size > JSON_MAX_BYTES:
-        return None
-    data = atomicfs.read_regular(path)
-    try:
-        value = json.loads(data) if data is not None else None
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
@@ -162,7 +149,7 @@ def collect(layout: Layout, pipeline: Pipeline, name: str) -> VideoPage:
             continue
         page.outputs.append(OutputFile(key, str(rel), file_url(rel), found.st_size))
         if path.suffix.lower() == ".json":
-            doc = _json_object(path)
+            doc = atomicfs.json_object(path, JSON_MAX_BYTES)
             if doc is not None:
                 documents.append(doc)
     report_file = layout.report_path(name)
