@@ -128,6 +128,20 @@ class Root:
         return data
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every process the tests start keeps its caches (the web page's catalog) in the
+    session's temporary folder, never in the user's ~/.cache."""
+    path = tmp_path_factory.mktemp("xdg-cache")
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(path)
+    yield path
+    if before is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = before
+
+
 @pytest.fixture(scope="session")
 def video_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     path = make_video(tmp_path_factory.mktemp("media") / "sample.mp4", seconds=0.5)
