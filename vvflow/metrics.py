@@ -183,7 +183,7 @@ class Metrics:
                                      ["outcome"], registry=r)  # fmt: skip
         for source in ("event", "rescan"):
             self.found.labels(source)
-        for outcome in ("delivered", "failed", "rejected", "dropped"):
+        for outcome in _NOTIFY_OUTCOMES.values():
             self.notifications.labels(outcome)
         self.registry.register(_Snapshot(layout, queue_length, heartbeat, storage, live))
         self._server: WSGIServer | None = None

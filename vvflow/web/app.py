@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import math
-import time
 from importlib.resources import files
 from typing import Any
 from urllib.parse import quote, unquote, urlencode
@@ -32,7 +31,7 @@ from starlette.responses import (
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from vvflow import __version__, operations, status
+from vvflow import __version__, operations, report, status
 from vvflow.config import Settings
 from vvflow.errors import ConfigError, LayoutError
 from vvflow.layout import Layout, State
@@ -133,9 +132,7 @@ class WebApp:
         self, request: Request, form: FormData, default: str, kind: str, text: str
     ) -> Response:
         """303 back where the form came from, with a flash message."""
-        field = form.get("next")
-        target = _local(field if isinstance(field, str) else None, default)
-        response = RedirectResponse(target, status_code=303)
+        response = RedirectResponse(_local(_field(form, "next"), default), status_code=303)
         response.set_cookie(
             FLASH_COOKIE,
             self.guard.flash_cookie(kind, text),
@@ -168,7 +165,7 @@ class WebApp:
             ]
         return {
             "root": live["root"],
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "time": report.now_iso(),
             "paused": live["paused"],
             "counts": {
                 State.PENDING.value: live[State.PENDING.value],
@@ -355,15 +352,13 @@ class WebApp:
             done = operations.retry(settings, [], every=True, from_start=from_start)
             return f"{len(done)} failed video(s) moved back to input/pending/"
         layout = operations.existing_layout(settings)
+        client = request.client.host if request.client else "?"
+        by = f"{operations.operator()} (web page, from {client})"
         if what == "pause":
             reason = (_field(form, "reason") or "").strip()[:500] or None
-            client = request.client.host if request.client else "?"
-            by = f"{operations.operator()} (web page, from {client})"
             record, already = operations.pause(layout, reason, by=by, targets=settings.notify)
             return f"{'already paused' if already else 'paused'} since {record.get('since')}"
         if what == "resume":
-            client = request.client.host if request.client else "?"
-            by = f"{operations.operator()} (web page, from {client})"
             if operations.resume(layout, settings.notify, by=by):
                 return "resumed: instances claim videos again"
             return "not paused: nothing to resume"
