@@ -249,8 +249,7 @@ def _cmd_retry(settings: Settings, names: list[str], *, every: bool, from_start:
     except operations.NotFailed as exc:
         return _fail(str(exc))
     for item in done:
-        note = " (replaced since it failed: starts from scratch)" if item.replaced else ""
-        sys.stdout.write(f"retry {item.name!r} -> input/pending/{item.pending_name}{note}\n")
+        sys.stdout.write(item.line() + "\n")
     return RET_OK
 
 

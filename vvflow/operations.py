@@ -38,6 +38,11 @@ class Retried:
     #: Replaced since it failed: it starts from scratch.
     replaced: bool
 
+    def line(self) -> str:
+        """What the retry did, in one line (the command line's output, the page's)."""
+        note = " (replaced since it failed: starts from scratch)" if self.replaced else ""
+        return f"retry {self.name!r} -> input/pending/{self.pending_name}{note}"
+
 
 def operator() -> str:
     """`user@host` of whoever runs this process (a uid where it has no name)."""
@@ -81,20 +86,20 @@ def retry(
         layout.processing / f"{instance.InstanceId.current().name}-retry-{uuid.uuid4().hex[:8]}",
         settings.lease_seconds,
     )
+
+    def reset(rep: report.Report) -> None:
+        if from_start:
+            rep.stages.clear()
+            rep.dedupe = False
+            rep.duplicate_of = None
+        rep.state = State.PENDING
+        rep.failed_stage = None
+        rep.error = None
+
     lease.acquire()
     done: list[Retried] = []
     try:
         for name in chosen:
-
-            def reset(rep: report.Report) -> None:
-                if from_start:
-                    rep.stages.clear()
-                    rep.dedupe = False
-                    rep.duplicate_of = None
-                rep.state = State.PENDING
-                rep.failed_stage = None
-                rep.error = None
-
             dest, replaced = layout.retry(name, lease.folder / MOVES, reset)
             done.append(Retried(name, dest.name, replaced))
     finally:

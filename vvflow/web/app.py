@@ -343,11 +343,7 @@ class WebApp:
             if not names:
                 raise ConfigError("retry: no video named")
             done = operations.retry(settings, names, from_start=from_start)
-            return "; ".join(
-                f"retry {d.name!r} -> input/pending/{d.pending_name}"
-                + (" (replaced since it failed: starts from scratch)" if d.replaced else "")
-                for d in done
-            )
+            return "; ".join(d.line() for d in done)
         if what == "retry-all":
             done = operations.retry(settings, [], every=True, from_start=from_start)
             return f"{len(done)} failed video(s) moved back to input/pending/"
