@@ -369,15 +369,20 @@ def sizes(layout: Layout) -> dict[str, int]:
     return {"ready": len(_entries(layout.outbox)), "rejected": rejected, "dropped": dropped}
 
 
-def notify_root(layout: Layout, targets: Iterable[NotifyConfig], event: str, **fields: Any) -> None:
-    """Write a notification that concerns no video (pause, resume) straight to outbox/,
-    for a process that holds no instance folder (the command line, the web page)."""
+def notify_root(
+    layout: Layout, targets: Iterable[NotifyConfig], event: str, *,
+    instance: str | None = None, tmp_dir: Path | None = None, **fields: Any,
+) -> None:  # fmt: skip
+    """Write a notification that concerns no video (pause, resume, storage) straight to
+    outbox/: by a process that holds no instance folder (the command line, the web
+    page), or by an instance (`Notifier.send`)."""
     wanted = [t for t in targets if event in t.events]
     if not wanted:
         return
+    record = payload(event, root=layout.root, instance=instance, **fields)
     try:
         atomicfs.makedirs(layout.outbox)
-        write(wanted, payload(event, root=layout.root, instance=None, **fields), layout.outbox)
+        write(wanted, record, layout.outbox, tmp_dir=tmp_dir)
     except OSError as exc:  # what was done is done; only its notification is lost
         logs.event(Event.NOTIFY_UNWRITABLE, level=logging.WARNING, notification=event,
                    error=f"cannot write to outbox/: {exc.strerror}")  # fmt: skip
@@ -466,13 +471,8 @@ class Notifier:
         """A notification that concerns no video, straight to outbox/."""
         if not self.wants(event):
             return
-        record = payload(event, root=self.layout.root, instance=self.instance, **fields)
-        try:
-            atomicfs.makedirs(self.layout.outbox)
-            write(self.targets.values(), record, self.layout.outbox, tmp_dir=self.folder)
-        except OSError as exc:
-            logs.event(Event.NOTIFY_UNWRITABLE, level=logging.WARNING, notification=event,
-                       error=f"cannot write to outbox/: {exc.strerror}")  # fmt: skip
+        notify_root(self.layout, self.targets.values(), event, instance=self.instance,
+                    tmp_dir=self.folder, **fields)  # fmt: skip
         self._wake.set()
 
     def listen(self) -> None:
