@@ -9,7 +9,7 @@ from __future__ import annotations
 import getpass
 import os
 import shutil
-import uuid
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -80,12 +80,12 @@ def retry(
         return []
     layout.ensure()
     # A folder of its own (removed below), never this process's instance folder: in
-    # `vvflow run --web-port` that one is the daemon's, with the videos it runs. Its name
-    # is no instance name, so another instance judges it by its heartbeat alone.
-    lease = instance.Lease(
-        layout.processing / f"{instance.InstanceId.current().name}-retry-{uuid.uuid4().hex[:8]}",
-        settings.lease_seconds,
-    )
+    # `vvflow run --web-port` that one is the daemon's, with the videos it runs. Named
+    # after this thread (its id and start time, which /proc tells like a process's; the
+    # process's own in the command line's main thread), so that a retry cut short is
+    # judged dead the moment its thread is gone, like any instance of this host.
+    ident = instance.InstanceId.local(threading.get_native_id())
+    lease = instance.Lease(layout.processing / ident.name, settings.lease_seconds)
 
     def reset(rep: report.Report) -> None:
         if from_start:
