@@ -167,13 +167,7 @@ def read_chunks(fd: int) -> Iterator[bytes]:
 
 def read_whole(fd: int) -> bytes:
     """The file's bytes; closes `fd`."""
-    try:
-        chunks = []
-        while chunk := os.read(fd, CHUNK_BYTES):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
+    return b"".join(read_chunks(fd))
 
 
 def walk_regular(folder: Path, limit: int = 2000) -> list[PurePosixPath]:
