@@ -235,13 +235,17 @@ class Catalog:
 
     # -- the cache file ----------------------------------------------------------------
 
+    @property
+    def _search(self) -> str:
+        """How texts are searched, as the cache file's name and meta table say it."""
+        return "fts" if self.full_text else "plain"
+
     def _candidates(self, db_path: Path | None) -> Iterator[Path]:
         if db_path is not None:
             yield db_path
             return
         key = hashlib.sha256(os.fsencode(str(self._root))).hexdigest()[:24]
-        search = "fts" if self.full_text else "plain"
-        filename = f"catalog-v{SCHEMA_VERSION}-{search}-{key}.sqlite3"
+        filename = f"catalog-v{SCHEMA_VERSION}-{self._search}-{key}.sqlite3"
         for home in (cache_home(), _fallback_home()):
             if _private_dir(home, self._root):
                 yield home / filename
@@ -285,8 +289,7 @@ class Catalog:
                 db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)",
                            (str(SCHEMA_VERSION),))  # fmt: skip
                 db.execute("INSERT OR IGNORE INTO meta VALUES ('root', ?)", (str(self._root),))
-                db.execute("INSERT OR IGNORE INTO meta VALUES ('search', ?)",
-                           ("fts" if self.full_text else "plain",))  # fmt: skip
+                db.execute("INSERT OR IGNORE INTO meta VALUES ('search', ?)", (self._search,))
             if self._check(db) is not None:
                 raise sqlite3.DatabaseError(f"{path} is not a catalog of {self._root}")
         if reason is not None:
@@ -305,7 +308,7 @@ class Catalog:
             return "another schema"
         if meta.get("root") != str(self._root):
             return "another root"
-        if meta.get("search") != ("fts" if self.full_text else "plain"):
+        if meta.get("search") != self._search:
             return "another search"
         return None
 
@@ -656,7 +659,7 @@ class Catalog:
         """{"completed": n, "failed": n} as last listed."""
 
         def count() -> dict[str, int]:
-            # Kept by triggers: counting 100,000 index entries would take milliseconds.
+            # Kept by the listings: counting 100,000 index entries would take milliseconds.
             with self._borrowed() as db:
                 found = dict(db.execute("SELECT state, n FROM counts").fetchall())
             return {s.value: int(found.get(s.value, 0)) for s in LISTED}
@@ -683,13 +686,10 @@ class Catalog:
 
         def read() -> Page:
             with self._borrowed() as db:
-                return read_with(db)
-
-        def read_with(db: sqlite3.Connection) -> Page:
-            rows = db.execute(listing, (state.value, *params, limit, offset)).fetchall()
-            total = db.execute(counting, (state.value, *params)).fetchone()[0]
-            unread = db.execute("SELECT EXISTS (SELECT 1 FROM entries WHERE indexed = 0)")
-            indexing = bool(unread.fetchone()[0]) or len(self._listed_at) < len(LISTED)
+                rows = db.execute(listing, (state.value, *params, limit, offset)).fetchall()
+                total = db.execute(counting, (state.value, *params)).fetchone()[0]
+                unread = db.execute("SELECT EXISTS (SELECT 1 FROM entries WHERE indexed = 0)")
+                indexing = bool(unread.fetchone()[0]) or len(self._listed_at) < len(LISTED)
             items = [Entry(r[0], state, *r[1:]) for r in rows]
             return Page(items, int(total), indexing)
 
