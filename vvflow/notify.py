@@ -128,7 +128,9 @@ class Entry:
             return None
 
 
-def now_iso() -> str:
+def _now_iso_ms() -> str:
+    """UTC now to the millisecond (`2026-01-02T03:04:05.678Z`; report.now_iso is to the
+    second)."""
     stamp = time.time()
     millis = int(stamp * 1000) % 1000
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(stamp)) + f".{millis:03d}Z"
@@ -147,7 +149,7 @@ def payload(event: str, *, root: Path, instance: str | None, **fields: Any) -> d
         "logline": None,
         "duration_s": None,
         "instance": instance,
-        "time": now_iso(),
+        "time": _now_iso_ms(),
         "root": str(root),
     }
     record.update(fields)
@@ -681,7 +683,7 @@ class Notifier:
     ) -> None:
         rejected = self.layout.outbox / REJECTED
         answer = {"target": target.name, "status": exc.status, "answer": exc.answer[:_ANSWER_MAX],
-                  "time": now_iso(), "instance": self.instance}  # fmt: skip
+                  "time": _now_iso_ms(), "instance": self.instance}  # fmt: skip
         with contextlib.suppress(FileNotFoundError):
             atomicfs.makedirs(rejected)
             atomicfs.write_atomic(rejected / (entry.name + ANSWER_SUFFIX),
