@@ -515,15 +515,16 @@ class Worker:
 
     def _stage_notice(
         self, claim: Claim, rep: report.Report, state: State, duration: float
-    ) -> None:
+    ) -> bool:
         """Stage the notifications of a video about to be filed under `state` (none for
         pending/). Raise StorageFailed when they cannot be written for the storage: the
-        video is then not filed, and its next run notifies."""
+        video is then not filed, and its next run notifies. False when they could not be
+        written for another reason (said in the log; the video is filed all the same)."""
         if state not in (State.COMPLETED, State.FAILED):
             self.notifier.drop(claim.name)
-            return
+            return True
         if not self.notifier.wants(state.value):
-            return
+            return True
         outputs: dict[str, str] = {}
         logline: str | None = None
         for stage, path in self.pipeline.all_outputs(claim.name, claim.stem).items():
@@ -554,6 +555,8 @@ class Worker:
                 raise StorageFailed(message) from None
             logs.event(Event.NOTIFY_UNWRITABLE, level=logging.ERROR, video=claim.name,
                        error=message)  # fmt: skip
+            return False
+        return True
 
     def _publish_notice(
         self, claim: Claim, dest: Path, rep: report.Report, state: State, duration: float
@@ -563,13 +566,14 @@ class Worker:
         name and the outputs that followed it, before the first ones are dropped: a
         crash in between publishes the first ones, never none."""
         if dest.name != claim.name:
+            filed = replace(claim, path=dest, name=dest.name)
             try:
-                self._stage_notice(replace(claim, path=dest, name=dest.name), rep, state, duration)
-            except (OSError, StorageFailed):
-                pass  # the first ones, with the name it was claimed as, are published
-            else:
+                staged = self._stage_notice(filed, rep, state, duration)
+            except StorageFailed:
+                staged = False
+            if staged:  # else the first ones, with the name it was claimed as, go out
                 self.notifier.drop(claim.name)
-                claim = replace(claim, name=dest.name)
+                claim = filed
         self.notifier.publish(claim.name)
 
     def _forget_changes(self, inode: int) -> None:
