@@ -564,7 +564,7 @@ class Worker:
         """The video was filed as `dest`: its notifications go to outbox/. Filed under
         another name (one like it appeared meanwhile), they are staged again to say that
         name and the outputs that followed it, before the first ones are dropped: a
-        crash in between publishes the first ones, never none."""
+        crash in between publishes both (two ids for one filing), never none."""
         if dest.name != claim.name:
             filed = replace(claim, path=dest, name=dest.name)
             try:
